@@ -1,0 +1,6 @@
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edgekd")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+source"

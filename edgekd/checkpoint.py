@@ -37,7 +37,9 @@ def register_transform(name: str):
 
 
 @dataclass
-class Checkpoint:
+class LoadedModel:
+    """A model plus what is needed to save it again: its factory and the transforms applied so far."""
+
     model: nn.Module
     ref: ModelRef
     transforms: list[dict] = field(default_factory=list)
@@ -71,7 +73,7 @@ def _import_transform_owners() -> None:
             pass
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: no such checkpoint file")
@@ -94,4 +96,48 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise BadInput(f"{path}: weights do not fit the rebuilt model: {str(err).splitlines()[0][:200]}") from None
-    return Checkpoint(model.eval(), ref, list(payload["transforms"]), dict(payload["meta"]))
+    return LoadedModel(model.eval(), ref, list(payload["transforms"]), dict(payload["meta"]))
+
+
+def model_sha256(model: nn.Module) -> str:
+    """Fingerprint of a model's weights (names, dtypes, shapes, values), independent of file format."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+# Directory loaders (e.g. Hugging Face model folders) register here: fn(path) -> LoadedModel | None.
+_DIRECTORY_LOADERS: list[Callable[[Path], "LoadedModel | None"]] = []
+
+
+def register_directory_loader(fn):
+    """Decorator: a loader that recognises a model directory layout, returning None when it does not."""
+    _DIRECTORY_LOADERS.append(fn)
+    return fn
+
+
+def load_model(ref: str | Path) -> LoadedModel:
+    """Resolve a model reference: `package.module:factory`, an edgekd checkpoint, or a model directory."""
+    path = Path(str(ref))
+    if path.is_dir():
+        import importlib
+
+        try:
+            importlib.import_module("edgekd.hf")
+        except ImportError:
+            pass
+        for loader in _DIRECTORY_LOADERS:
+            loaded = loader(path)
+            if loaded is not None:
+                return loaded
+        raise BadInput(f"{path}: not a model directory edgekd can read (expected a Hugging Face config.json)")
+    if path.is_file() or path.suffix in (".pt", ".pth", ".ckpt"):
+        return load_checkpoint(path)
+    model = call_factory(str(ref))
+    # A factory that returns trained weights (edgekd.zoo) names the plain architecture to rebuild.
+    return LoadedModel(model, getattr(model, "edgekd_ref", ModelRef(str(ref))))

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import BadInput, EdgeKDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, distill, quantize, export and benchmark PyTorch models for edge targets.")
@@ -57,12 +57,156 @@ def targets(as_json: bool = typer.Option(False, "--json", help="Print the profil
     console.print(table)
 
 
+def _parse_dims(dims: list[str]) -> dict[str, int]:
+    parsed = {}
+    for item in dims:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise BadInput(f"--dim '{item}': expected NAME=POSITIVE_INTEGER, e.g. --dim sequence=128")
+        parsed[name.strip()] = int(value)
+    return parsed
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="An .onnx model or an OpenVINO .xml IR."),
+    target: str = typer.Option(..., "--target", "-t", help="Target profile name or path to a profile YAML."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Real input samples: a dataset spec/name, .npz or .npy."),
+    dim: List[str] = typer.Option([], "--dim", help="Size of a dynamic axis, NAME=VALUE (repeatable)."),
+    seconds: float = typer.Option(3.0, "--time", help="Time budget of the timed loop, in seconds."),
+    iterations: int = typer.Option(100, "--iterations", help="Minimum number of timed runs."),
+    warmup: int = typer.Option(20, "--warmup", help="Untimed warm-up runs."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory in an isolated process."),
+):
+    """Latency, throughput, memory, per-layer time and SLO verdict of one artifact on one target."""
+    from edgekd.bench import benchmark, render_bench
+    from edgekd.io import write_json
+    from edgekd.targets import load_target
+
+    profile = load_target(target)
+    samples = _bench_samples(data, profile.batch_size) if data else None
+    result = benchmark(model=model, target=profile, inputs=samples, dynamic_dims=_parse_dims(dim) or None,
+                       warmup=warmup, min_iterations=iterations, time_budget_s=seconds, measure_memory=memory)
+    render_bench(result, console)
+    if json_out is not None:
+        write_json(json_out, result.to_dict())
+    if result.slo.verdict == "fail":
+        raise typer.Exit(1)
+
+
+def _bench_samples(data: str, batch_size: int):
+    import numpy as np
+
+    if data.endswith(".npy"):
+        try:
+            return np.load(data, allow_pickle=False)[:batch_size]
+        except (OSError, ValueError) as err:
+            raise BadInput(f"{data}: not a readable .npy array: {err}") from None
+    from edgekd.data import load_data
+
+    return load_data(data).x_test[:batch_size]
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory (holds report.json).")):
+    """Re-render report.md / report.html / plots from report.json."""
+    from edgekd.report import render_report
+
+    for path in render_report(run_dir=run_dir).values():
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def check(run_dir: Path = typer.Argument(..., help="A finished run directory (holds manifest.json)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    """Verify artifact hashes against manifest.json; 'stale' if the teacher or data changed."""
+    from edgekd.checkpoint import load_model, model_sha256
+    from edgekd.data import load_data
+    from edgekd.report import check_run, read_manifest
+
+    manifest = read_manifest(run_dir=run_dir)
+    teacher_sha = data_sha = None
+    try:
+        teacher_sha = model_sha256(load_model(manifest["teacher"]["ref"]).model)
+    except BadInput as err:
+        err_console.print(f"teacher not re-checked: {err}")
+    try:
+        data_sha = load_data(manifest["data"].get("ref", manifest["data"]["name"])).sha256
+    except BadInput as err:
+        err_console.print(f"data not re-checked: {err}")
+    result = check_run(run_dir=run_dir, current_teacher_sha256=teacher_sha, current_data_sha256=data_sha)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        colour = {"ok": "green", "stale": "yellow"}.get(result.status, "red")
+        console.print(f"[bold {colour}]{result.status}[/]: {len(result.verified)} artifacts verified")
+        for problem in result.problems:
+            console.print(f"  - {problem}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def compress(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the embedded example)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or HF model dir."),
+    student: Optional[str] = typer.Option(None, "--student", help="module:factory, checkpoint, prune:R or layers:N."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset spec name/YAML, .npz, or text file."),
+    target: List[str] = typer.Option([], "--target", "-t", help="Target profile name or YAML (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override distill.epochs."),
+    qat_epochs: Optional[int] = typer.Option(None, "--qat-epochs", help="Override quant.epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+):
+    """The whole pipeline: prune, distill, QAT+KD, export, benchmark per target, report."""
+    from edgekd.pipeline import compress as run_compress
+    from edgekd.recipe import load_recipe
+
+    resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
+                           seed=seed)
+    if epochs is not None or qat_epochs is not None:
+        resolved = resolved.model_copy(update={
+            "distill": resolved.distill.model_copy(update={"epochs": epochs or resolved.distill.epochs}),
+            "quant": resolved.quant.model_copy(update={"epochs": qat_epochs if qat_epochs is not None
+                                                         else resolved.quant.epochs})})
+    result = run_compress(recipe=resolved, resume=resume, console=err_console)
+    _print_summary(result.report)
+    console.print(f"run directory: {result.out}  (report.md, report.html, report.json, manifest.json)")
+    raise typer.Exit(result.exit_code)
+
+
+def _print_summary(report: dict) -> None:
+    targets = [name for name in report["ablation"][0]["latency_p50_ms"]]
+    table = Table(title="Ablation (exported artifacts, same held-out data)")
+    table.add_column("variant")
+    table.add_column(report["ablation"][0]["metric"]["name"], justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("size MB", justify="right")
+    for name in targets:
+        table.add_column(f"p50 ms {name}", justify="right")
+    for row in report["ablation"]:
+        table.add_row(row["variant"], f"{row['metric']['value']:.4f}", f"{row['params']:,}", f"{row['size_mb']:.3f}",
+                      *[f"{row['latency_p50_ms'][t]:.3f}" for t in targets])
+    console.print(table)
+    verdicts = Table(title="Deployable student against each target's SLOs")
+    for col in ("target", "p50 ms", "p95 ms", "peak MB", "verdict"):
+        verdicts.add_column(col)
+    for entry in report["targets"]:
+        lat = entry.get("latency_ms") or {}
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        verdicts.add_row(entry["name"], fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
+                         entry["slo"]["verdict"] + ("" if entry["available"] else f" ({entry['reason']})"))
+    console.print(verdicts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: run the app, turning edgekd errors into exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns a command's typer.Exit code instead of exiting.
+        returned = app(args=args, standalone_mode=False)
     except EdgeKDError as err:
         if debug:
             raise
@@ -82,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if type(err).__name__ == "Abort":
             return 130
         raise
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""The compress recipe: every setting of a run in one YAML file, validated strictly.
+
+Command-line flags override the recipe; the resolved recipe is stored in the run's manifest
+so the run can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import BadInput
+from edgekd.targets import read_yaml
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossSpec(_Section):
+    name: str
+    weight: float = Field(default=1.0, ge=0)
+    student_layer: Optional[str] = None
+    teacher_layer: Optional[str] = None
+    params: dict = Field(default_factory=dict)
+
+
+class DistillSection(_Section):
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.9, ge=0, le=1)
+    patience: Optional[int] = Field(default=8, ge=1)
+    mode: Literal["offline", "self", "online", "multistage"] = "offline"
+    losses: list[LossSpec] = Field(default_factory=list)
+    cache: bool = True
+    labeled_fraction: float = Field(default=1.0, gt=0, le=1)
+
+
+class PruneSection(_Section):
+    importance: Literal["magnitude", "bn_scale", "taylor"] = "magnitude"
+    global_pruning: bool = False
+    steps: int = Field(default=1, ge=1)
+    recovery_epochs: int = Field(default=0, ge=0)
+    ignore_layers: list[str] = Field(default_factory=list)
+
+
+class QuantSection(_Section):
+    epochs: int = Field(default=4, ge=0)
+    lr: float = Field(default=5e-4, gt=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+    observer: Literal["minmax", "percentile", "mse"] = "minmax"
+    calibration_samples: int = Field(default=256, ge=1)
+    latency_aware: bool = True
+
+
+class BenchSection(_Section):
+    warmup: int = Field(default=20, ge=0)
+    time_budget_s: float = Field(default=2.0, gt=0)
+    min_iterations: int = Field(default=100, ge=10)
+    ablation_time_budget_s: float = Field(default=1.0, gt=0)
+
+
+class Recipe(_Section):
+    teacher: str = "edgekd.zoo:digits_teacher"
+    student: str = "prune:0.5"
+    data: str = "digits"
+    targets: list[str] = Field(default_factory=lambda: ["x86-cpu-openvino", "x86-cpu-onnxruntime", "intel-npu-core-ultra"])
+    out: str = "runs/demo"
+    seed: int = 0
+    formats: list[Literal["onnx", "openvino"]] = Field(default_factory=lambda: ["onnx", "openvino"])
+    distill: DistillSection = DistillSection()
+    prune: PruneSection = PruneSection()
+    quant: QuantSection = QuantSection()
+    bench: BenchSection = BenchSection()
+
+
+def load_recipe(path: str | Path | None, **overrides) -> Recipe:
+    """The recipe at `path` (or the embedded default) with non-None `overrides` applied."""
+    data: dict = {}
+    source = "the default recipe"
+    if path is not None:
+        source = str(path)
+        raw = read_yaml(Path(path))
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise BadInput(f"{path}: a recipe must be a YAML mapping")
+        data = raw
+    data = {**data, **{k: v for k, v in overrides.items() if v not in (None, [], ())}}
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise BadInput(f"{source}: key '{key}': {first['msg']}") from None

@@ -1,0 +1,438 @@
+"""The steps of `edgekd compress`, each a thin call into one stage's public API.
+
+`pipeline.py` reads as the six steps; this module holds what each step needs around its stage
+call: which targets decide the INT8 scheme, how variants are named, stored and resumed, how the
+exported artifacts are evaluated and timed on the same held-out data, and how report.json is
+assembled.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from edgekd import __version__
+from edgekd.checkpoint import LoadedModel, model_sha256
+from edgekd.data import Dataset
+from edgekd.errors import BadInput
+from edgekd.host import detect_host
+from edgekd.io import write_json
+from edgekd.recipe import Recipe
+from edgekd.runstate import RunState
+from edgekd.targets import QuantScheme, Target, availability
+
+VARIANTS = ("teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8")
+DEPLOYABLE = "student-kd-qat-int8"
+
+
+class StageLog:
+    """Numbered, timed stage headers on the console (training stages add their own progress bars)."""
+
+    def __init__(self, console: Console, total: int):
+        self.console, self.total, self.index = console, total, 0
+        self.started = time.time()
+
+    @contextmanager
+    def step(self, name: str, what: str):
+        self.index += 1
+        self.console.print(f"[bold cyan][{self.index}/{self.total}] {name}[/]: {what}")
+        start = time.perf_counter()
+        yield
+        self.console.print(f"      done in {time.perf_counter() - start:.1f} s")
+
+
+@dataclass
+class TargetPlan:
+    """Which targets a run serves and what the deployable must look like for them."""
+
+    targets: list[Target]
+    available: list[Target]
+    scheme: QuantScheme
+    scheme_source: str | None
+    channel_multiple: int
+    static_shapes: bool
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        w, a = self.scheme.weights, self.scheme.activations
+        return (f"{w.dtype} {'sym' if w.symmetric else 'asym'} {'per-channel' if w.per_channel else 'per-tensor'} "
+                f"weights, {a.dtype} {'sym' if a.symmetric else 'asym'} activations"
+                + (f" (from {self.scheme_source})" if self.scheme_source else ""))
+
+
+def plan_targets(targets: list[Target]) -> TargetPlan:
+    """The INT8 scheme follows the first INT8 target; channel rounding satisfies every target."""
+    if not targets:
+        raise BadInput("no targets given: name at least one target profile (see `edgekd targets`)")
+    available = [t for t in targets if availability(t)[0]]
+    int8 = [t for t in targets if t.precision == "int8"]
+    source = int8[0] if int8 else None
+    notes = [f"{t.name} wants a different INT8 scheme than {source.name}; its figures are for {source.name}'s scheme"
+             for t in int8[1:] if t.quantization != source.quantization]
+    multiple = 1
+    for t in targets:
+        multiple = min(math.lcm(multiple, t.channel_multiple), 64)
+    return TargetPlan(targets=targets, available=available, scheme=source.quantization if source else QuantScheme(),
+                      scheme_source=source.name if source else None, channel_multiple=multiple,
+                      static_shapes=any(t.static_shapes for t in targets), notes=notes)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(exclude={"out"}), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Variant:
+    """A model of the ablation together with how to rebuild it and what training produced."""
+
+    model: nn.Module
+    ref: object
+    transforms: list
+    info: dict = field(default_factory=dict)
+
+
+def as_variant(loaded: LoadedModel) -> Variant:
+    return Variant(loaded.model, loaded.ref, list(loaded.transforms), {})
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    data: Dataset
+    teacher: LoadedModel
+    plan: TargetPlan
+    run: RunState
+    console: Console
+    resume: bool = False
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.data.x_val[:1]))
+
+
+def _stored(ctx: Context, stage: str, build) -> Variant:
+    """A variant built once and kept in the run directory (reloaded on --resume)."""
+    holder: dict = {}
+
+    def build_and_keep():
+        variant = build()
+        holder["v"] = variant
+        return variant.model, variant.ref, variant.transforms, variant.info
+
+    model, transforms, info = ctx.run.model(stage, build_and_keep)
+    ref = holder["v"].ref if "v" in holder else ctx.teacher.ref
+    return Variant(model, ref, transforms, info)
+
+
+# ---- 1. prune ---------------------------------------------------------------------------------
+
+def make_student(ctx: Context) -> Variant:
+    spec = ctx.recipe.student
+
+    def build() -> Variant:
+        if spec.startswith("prune:"):
+            return _pruned_student(ctx, _ratio(spec))
+        if spec.startswith("layers:"):
+            from edgekd.hf import layers_student
+
+            layers = _count(spec)
+            result = layers_student(teacher=ctx.teacher.model, layers=layers)
+            return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
+                           {"layers": result.report})
+        from edgekd.checkpoint import load_model
+
+        loaded = load_model(spec)
+        return Variant(loaded.model, loaded.ref, list(loaded.transforms), {"given": spec})
+
+    return _stored(ctx, "student", build)
+
+
+def _ratio(spec: str) -> float:
+    try:
+        return float(spec.split(":", 1)[1])
+    except ValueError:
+        raise BadInput(f"student '{spec}': expected prune:RATIO with RATIO a number in (0, 1)") from None
+
+
+def _count(spec: str) -> int:
+    try:
+        value = int(spec.split(":", 1)[1])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BadInput(f"student '{spec}': expected layers:N with N a positive integer")
+    return value
+
+
+def _pruned_student(ctx: Context, ratio: float) -> Variant:
+    from edgekd.prune import prune
+
+    cfg = ctx.recipe.prune
+    recovery = None
+    if cfg.recovery_epochs:
+        def recovery(model: nn.Module, step: int) -> nn.Module:
+            return _distill(ctx, model, kd=True, epochs=cfg.recovery_epochs, out_dir=None).model
+
+    result = prune(model=ctx.teacher.model, example_inputs=ctx.example_input, ratio=ratio,
+                   channel_multiple=ctx.plan.channel_multiple, importance=cfg.importance,
+                   global_pruning=cfg.global_pruning, ignore_layers=cfg.ignore_layers, steps=cfg.steps,
+                   recovery=recovery)
+    return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
+                   {"prune": result.report})
+
+
+# ---- 2. distill -------------------------------------------------------------------------------
+
+def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None, lr: float | None = None):
+    from edgekd.distill import DistillConfig, LossTerm
+
+    d = ctx.recipe.distill
+    return DistillConfig(
+        epochs=epochs or d.epochs, batch_size=d.batch_size, lr=lr or d.lr, weight_decay=d.weight_decay,
+        temperature=d.temperature, alpha=d.alpha, kd=kd, mode=d.mode, cache=d.cache, patience=d.patience,
+        seed=ctx.recipe.seed, losses=[LossTerm(**loss.model_dump()) for loss in d.losses] if kd else [],
+        response=ctx.data.task == "classification", collate=_collate(ctx))
+
+
+def _collate(ctx: Context):
+    if not ctx.data.is_text:
+        return None
+    from edgekd.hf import collate_for
+
+    return collate_for(ctx.teacher.model)
+
+
+def _distill(ctx: Context, model: nn.Module, *, kd: bool, epochs: int | None = None, out_dir=None):
+    from edgekd.distill import distill
+
+    return distill(student=copy.deepcopy(model), teacher=ctx.teacher.model if kd else None, data=ctx.data,
+                   config=_distill_config(ctx, kd=kd, epochs=epochs), out_dir=out_dir, resume=ctx.resume,
+                   progress=True)
+
+
+def train_student(ctx: Context, student: Variant, *, kd: bool) -> Variant:
+    stage = "student-kd-fp32" if kd else "student-no-kd"
+
+    def build() -> Variant:
+        result = _distill(ctx, student.model, kd=kd, out_dir=ctx.run.checkpoint_dir(stage))
+        return Variant(result.model, student.ref, student.transforms,
+                       {"history": result.history, "best_epoch": result.best_epoch, "metrics": result.metrics})
+
+    return _stored(ctx, stage, build)
+
+
+# ---- 3. quantize ------------------------------------------------------------------------------
+
+def _calibration(ctx: Context) -> np.ndarray:
+    return ctx.data.x_train[: ctx.recipe.quant.calibration_samples]
+
+
+def quantize_student(ctx: Context, student: Variant) -> Variant:
+    """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme the target wants."""
+    from edgekd.quant import qat
+
+    q = ctx.recipe.quant
+    stage = DEPLOYABLE
+
+    def build() -> Variant:
+        skip, decisions = _latency_aware_skips(ctx, student.model)
+        result = qat(model=student.model, data=ctx.data, scheme=ctx.plan.scheme, teacher=student.model,
+                     config=_distill_config(ctx, kd=True, epochs=q.epochs, lr=q.lr), warmup_epochs=q.warmup_epochs,
+                     observer=q.observer, skip=skip, calibration=_calibration(ctx),
+                     out_dir=ctx.run.checkpoint_dir(stage), resume=ctx.resume)
+        return Variant(result.model, student.ref, student.transforms + [result.transform],
+                       {"history": result.history, "quantization": {**result.report, "latency_aware": decisions}})
+
+    return _stored(ctx, stage, build)
+
+
+def _latency_aware_skips(ctx: Context, model: nn.Module) -> tuple[list[str], dict]:
+    """Layers INT8 makes slower on the measured targets stay float (per layer kind, measured here)."""
+    if not ctx.recipe.quant.latency_aware or not ctx.plan.available:
+        return [], {"measured": False, "reason": "latency-aware selection off or no target measurable here"}
+    from edgekd.quant import choose_layers_for_target
+
+    skip: set[str] = set()
+    decisions = {}
+    for target in ctx.plan.available:
+        if target.precision != "int8":
+            continue
+        choice = choose_layers_for_target(model=model, target=target, example_inputs=ctx.example_input,
+                                          scheme=ctx.plan.scheme)
+        skip.update(choice.skip)
+        decisions[target.name] = choice.as_dict()
+    return sorted(skip), {"measured": True, "targets": decisions}
+
+
+def quantize_teacher(ctx: Context) -> Variant:
+    """Post-training quantization of the teacher, the baseline a team would try first."""
+    from edgekd.quant import quantize_ptq
+
+    def build() -> Variant:
+        result = quantize_ptq(model=ctx.teacher.model, scheme=ctx.plan.scheme, calibration=_calibration(ctx),
+                              observer=ctx.recipe.quant.observer)
+        return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
+                       {"quantization": result.report})
+
+    return _stored(ctx, "teacher-int8-ptq", build)
+
+
+# ---- 4. export --------------------------------------------------------------------------------
+
+@dataclass
+class Artifact:
+    variant: str
+    onnx: Path
+    openvino: Path | None
+    parity: dict
+    int8_executed: dict
+    model: nn.Module
+    info: dict
+
+    def for_target(self, target: Target) -> Path:
+        return self.openvino if target.runtime == "openvino" and self.openvino else self.onnx
+
+
+def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Artifact]:
+    """Every variant exported the same way; the deployable goes to the run root, the rest to variants/."""
+    from edgekd.export import export
+
+    artifacts = {}
+    for name, variant in variants.items():
+        out_dir = ctx.run.out if name == DEPLOYABLE else ctx.run.out / "variants" / name
+
+        def run_export(variant=variant, out_dir=out_dir) -> dict:
+            result = export(model=variant.model, example_inputs=ctx.example_input, out_dir=out_dir,
+                            formats=tuple(ctx.recipe.formats), parity_inputs=ctx.data.x_test,
+                            static_shapes=ctx.plan.static_shapes, task=ctx.data.task)
+            return {"onnx": str(result.onnx), "openvino": str(result.openvino_xml) if result.openvino_xml else None,
+                    "parity": result.parity, "int8_executed": result.int8_executed}
+
+        done = ctx.run.value(f"export:{name}", run_export)
+        artifacts[name] = Artifact(name, Path(done["onnx"]), Path(done["openvino"]) if done["openvino"] else None,
+                                   done["parity"], done["int8_executed"], variant.model, variant.info)
+    return artifacts
+
+
+# ---- 5. benchmark -----------------------------------------------------------------------------
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _size_mb(artifact: Artifact) -> float:
+    return artifact.onnx.stat().st_size / 2**20
+
+
+def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
+    """Metric of every exported variant on the same held-out data, its latency on every target,
+    and the full benchmark of the deployable on every target (absent ones: not-measured)."""
+    from edgekd.bench import benchmark, measure_latency, predict
+
+    b = ctx.recipe.bench
+    x_test, y_test = ctx.data.x_test, ctx.data.y_test
+    predictions = {name: predict(model=a.onnx, inputs=x_test) for name, a in artifacts.items()}
+    metrics = {name: _metric(ctx, pred, predictions["teacher-fp32"]) for name, pred in predictions.items()}
+    latency = {name: {} for name in artifacts}
+    sample = x_test[:1]
+    for target in ctx.plan.available:
+        for name, artifact in artifacts.items():
+            ctx.console.print(f"      timing {name} on {target.name}")
+            latency[name][target.name] = measure_latency(model=artifact.for_target(target), target=target,
+                                                         inputs=sample, time_budget_s=b.ablation_time_budget_s)
+    retention = metrics[DEPLOYABLE]["value"] / metrics["teacher-fp32"]["value"]
+    final = artifacts[DEPLOYABLE]
+    full = []
+    for target in ctx.plan.targets:
+        ctx.console.print(f"      full benchmark of the deployable on {target.name}")
+        full.append(benchmark(model=final.for_target(target), target=target, inputs=sample, warmup=b.warmup,
+                              min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
+                              metric_retention=retention).to_dict())
+    return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
+            "retention": retention}
+
+
+def _metric(ctx: Context, outputs: np.ndarray, teacher_outputs: np.ndarray) -> dict:
+    if ctx.data.task == "classification":
+        return {"name": "accuracy", "value": float((outputs.argmax(1) == ctx.data.y_test).mean())}
+    from edgekd.hf import embedding_agreement
+
+    agreement = embedding_agreement(student_emb=outputs, teacher_emb=teacher_outputs)
+    return {"name": "spearman_vs_teacher", "value": float(agreement["spearman"]), **agreement}
+
+
+# ---- 6. report --------------------------------------------------------------------------------
+
+def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *, started: float) -> dict:
+    from edgekd.report import audit, build_manifest, render_report, write_manifest
+
+    out = ctx.run.out
+    ablation = []
+    for name in VARIANTS:
+        artifact = artifacts[name]
+        ablation.append({
+            "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
+            "size_mb": round(_size_mb(artifact), 4), "precision": "int8" if "int8" in name else "fp32",
+            "artifact": str(artifact.onnx.relative_to(out)),
+            "latency_p50_ms": {t: m["latency_ms"]["p50"] for t, m in measured["latency"][name].items()},
+            "latency_p95_ms": {t: m["latency_ms"]["p95"] for t, m in measured["latency"][name].items()},
+        })
+    teacher_p50 = ablation[0]["latency_p50_ms"]
+    final_p50 = ablation[-1]["latency_p50_ms"]
+    preds = measured["predictions"]
+    report = {
+        "edgekd_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "task": ctx.data.task,
+        "run": {"teacher": ctx.recipe.teacher, "student": ctx.recipe.student, "data": ctx.recipe.data,
+                "targets": [t.name for t in ctx.plan.targets], "wall_time_s": round(time.time() - started, 1)},
+        "ablation": ablation,
+        "targets": measured["targets"],
+        "parity": artifacts[DEPLOYABLE].parity,
+        "int8_executed": artifacts[DEPLOYABLE].int8_executed,
+        "retention": measured["retention"],
+        "speedup_vs_teacher": {t: teacher_p50[t] / final_p50[t] for t in final_p50 if final_p50[t]},
+        "training": {name: artifacts[name].info.get("history", []) for name in VARIANTS
+                     if artifacts[name].info.get("history")},
+        "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds["teacher-fp32"], student_pred=preds[DEPLOYABLE])
+        if ctx.data.task == "classification" else None,
+        "quantization": {"scheme": ctx.plan.scheme.model_dump(), "scheme_source": ctx.plan.scheme_source,
+                         **artifacts[DEPLOYABLE].info.get("quantization", {})},
+        "prune": ctx.run.stages.get("student", {}).get("info", {}).get("prune"),
+        "notes": ctx.plan.notes,
+        "host": detect_host().as_dict(),
+    }
+    write_json(out / "report.json", report)
+    manifest = build_manifest(
+        run_dir=out,
+        teacher={"ref": ctx.recipe.teacher, "sha256": model_sha256(ctx.teacher.model)},
+        data={"name": ctx.data.name, "ref": ctx.recipe.data, "sha256": ctx.data.sha256,
+              "provenance": ctx.data.provenance},
+        recipe=ctx.recipe.model_dump(), hyperparameters=_hyperparameters(ctx), seed=ctx.recipe.seed)
+    write_manifest(run_dir=out, manifest=manifest)
+    render_report(run_dir=out)
+    return report
+
+
+def _hyperparameters(ctx: Context) -> dict:
+    from dataclasses import asdict
+
+    config = asdict(_distill_config(ctx, kd=True))
+    config.pop("collate", None)
+    return {"distill": config, "quant": ctx.recipe.quant.model_dump(), "prune": ctx.recipe.prune.model_dump(),
+            "channel_multiple": ctx.plan.channel_multiple, "scheme": ctx.plan.scheme.model_dump()}
+
+
+def all_slos_met(report: dict) -> bool:
+    return all(t["slo"]["verdict"] != "fail" for t in report["targets"])

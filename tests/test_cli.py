@@ -1,0 +1,147 @@
+"""The CLI's contract: exit codes 0/1/2, one-line errors without tracebacks, JSON outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from edgekd.models import resnet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    model = resnet(width=4, blocks=(1, 1, 1)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def write_target(tmp_path: Path, name="my-cpu", **slo) -> Path:
+    data = yaml.safe_load((ROOT / "targets/x86-cpu-onnxruntime.yaml").read_text())
+    data.update(name=name, slo=slo, precision="fp32")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def assert_clean_error(code, err, *fragments):
+    assert code == 2
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if line.strip()]) <= 2, err
+    for fragment in fragments:
+        assert fragment in err.replace("\n", ""), err
+
+
+def test_targets_json_lists_profiles_with_availability(run_cli):
+    code, out, _ = run_cli("targets", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert {"name", "device", "runtime", "runtime_device", "precision", "available", "reason"} <= set(rows["x86-cpu-openvino"])
+    assert rows["x86-cpu-onnxruntime"]["available"] is True
+    assert rows["intel-npu-core-ultra"]["available"] is False and rows["intel-npu-core-ultra"]["reason"]
+    assert rows["arm-cpu-onnxruntime"]["available"] is False and "aarch64" in rows["arm-cpu-onnxruntime"]["reason"]
+
+
+def test_bench_passes_and_writes_contract_json(run_cli, tiny_onnx, tmp_path):
+    target = write_target(tmp_path, latency_p95_ms=1000.0, model_size_mb=100.0)
+    out_json = tmp_path / "bench.json"
+    code, out, err = run_cli("bench", str(tiny_onnx), "--target", str(target), "--json", str(out_json),
+                             "--time", "0.2", "--iterations", "20", "--warmup", "2", "--no-memory")
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["name"] == "my-cpu" and result["available"] is True
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
+    assert result["slo"]["verdict"] == "pass"
+    assert {c["key"] for c in result["slo"]["checks"]} >= {"latency_p95_ms", "model_size_mb"}
+
+
+def test_bench_exits_1_when_an_slo_fails(run_cli, tiny_onnx, tmp_path):
+    target = write_target(tmp_path, latency_p95_ms=0.000001)
+    code, _, _ = run_cli("bench", str(tiny_onnx), "--target", str(target), "--time", "0.1", "--iterations", "10",
+                         "--warmup", "1", "--no-memory")
+    assert code == 1
+
+
+def test_bench_on_absent_device_is_not_measured(run_cli, tiny_onnx, tmp_path):
+    out_json = tmp_path / "npu.json"
+    code, _, _ = run_cli("bench", str(tiny_onnx), "--target", "intel-npu-core-ultra", "--json", str(out_json),
+                         "--no-memory")
+    result = json.loads(out_json.read_text())
+    assert code == 0
+    assert result["available"] is False and result["reason"]
+    assert result["slo"]["verdict"] == "not-measured"
+
+
+@pytest.mark.parametrize("content, fragments", [
+    ("name: broken\nslo: {latency_p95_ms: 5\n", ["broken YAML"]),
+    (None, ["'colour'"]),
+    ("string-for-number", ["'slo.latency_p95_ms'"]),
+    ("negative-budget", ["'slo.peak_memory_mb'"]),
+])
+def test_malformed_target_exits_2(run_cli, tiny_onnx, tmp_path, content, fragments):
+    data = yaml.safe_load((ROOT / "targets/x86-cpu-onnxruntime.yaml").read_text())
+    data["name"] = "bad"
+    if content is None:
+        data["colour"] = "blue"
+    elif content == "string-for-number":
+        data["slo"]["latency_p95_ms"] = "fast"
+    elif content == "negative-budget":
+        data["slo"]["peak_memory_mb"] = -5
+    path = tmp_path / "bad.yaml"
+    path.write_text(content if content and content.startswith("name") else yaml.safe_dump(data))
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", str(path))
+    assert_clean_error(code, err, "bad.yaml", *fragments)
+
+
+def test_unknown_target_exits_2(run_cli, tiny_onnx):
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", "no-such-target")
+    assert_clean_error(code, err, "unknown target 'no-such-target'")
+
+
+def test_missing_and_corrupt_models_exit_2(run_cli, tmp_path):
+    code, _, err = run_cli("bench", str(tmp_path / "absent.onnx"), "--target", "x86-cpu-onnxruntime")
+    assert_clean_error(code, err, "absent.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x00not an onnx model at all")
+    code, _, err = run_cli("bench", str(corrupt), "--target", "x86-cpu-onnxruntime")
+    assert_clean_error(code, err, "corrupt.onnx")
+
+
+def test_debug_shows_the_traceback(run_cli):
+    from edgekd.errors import BadInput
+
+    with pytest.raises(BadInput):
+        run_cli("--debug", "bench", "missing.onnx", "--target", "no-such-target")
+
+
+def test_bad_dim_and_usage_errors_exit_2(run_cli, tiny_onnx):
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", "x86-cpu-onnxruntime", "--dim", "seq")
+    assert_clean_error(code, err, "--dim 'seq'")
+    code, _, _ = run_cli("no-such-command")
+    assert code == 2
+
+
+def test_compress_rejects_a_broken_recipe(run_cli, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("teacher: edgekd.models:resnet\ndistill: {epochs: -3}\n")
+    code, _, err = run_cli("compress", str(recipe), "--out", str(tmp_path / "run"))
+    assert_clean_error(code, err, "recipe.yaml", "'distill.epochs'")
+    recipe.write_text("teacher: [unclosed\n")
+    code, _, err = run_cli("compress", str(recipe))
+    assert_clean_error(code, err, "broken YAML")
+
+
+def test_compress_rejects_bad_references(run_cli, tmp_path):
+    code, _, err = run_cli("compress", "--teacher", "no_such_module_xyz:factory", "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "no_such_module_xyz")
+    code, _, err = run_cli("compress", "--teacher", "edgekd.models:resnet", "--data", "no-such-data",
+                           "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "no-such-data")
+    code, _, err = run_cli("compress", "--teacher", "edgekd.models:resnet", "--student", "prune:1.5",
+                           "--target", "x86-cpu-onnxruntime", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "1.5")
