@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)  # tiny models: one thread is faster than two fighting on 2 cores
 
 
 @pytest.fixture
