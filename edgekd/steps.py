@@ -14,7 +14,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -240,50 +240,51 @@ def _calibration(ctx: Context) -> np.ndarray:
 
 def quantize_student(ctx: Context, student: Variant) -> Variant:
     """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme the target wants."""
-    from edgekd.quant import qat
+    from edgekd.quant import QuantReport, checkpoint_transform, qat, qat_distill_config
 
     q = ctx.recipe.quant
-    stage = DEPLOYABLE
 
     def build() -> Variant:
         skip, decisions = _latency_aware_skips(ctx, student.model)
-        result = qat(model=student.model, data=ctx.data, scheme=ctx.plan.scheme, teacher=student.model,
-                     config=_distill_config(ctx, kd=True, epochs=q.epochs, lr=q.lr), warmup_epochs=q.warmup_epochs,
-                     observer=q.observer, skip=skip, calibration=_calibration(ctx),
-                     out_dir=ctx.run.checkpoint_dir(stage), resume=ctx.resume)
-        return Variant(result.model, student.ref, student.transforms + [result.transform],
-                       {"history": result.history, "quantization": {**result.report, "latency_aware": decisions}})
+        config = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=ctx.recipe.seed, batch_size=ctx.recipe.distill.batch_size,
+                                    temperature=ctx.recipe.distill.temperature, alpha=ctx.recipe.distill.alpha,
+                                    response=ctx.data.task == "classification", collate=_collate(ctx))
+        model, history = qat(model=student.model, data=ctx.data, scheme=ctx.plan.scheme, teacher=student.model,
+                             config=config, warmup_epochs=q.warmup_epochs, observer=q.observer, skip=skip,
+                             calibration_samples=q.calibration_samples, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
+                             resume=ctx.resume)
+        report = {**asdict(QuantReport.of(model)), "latency_aware": decisions}
+        return Variant(model, student.ref, student.transforms + [checkpoint_transform(model)],
+                       {"history": history, "quantization": report})
 
-    return _stored(ctx, stage, build)
+    return _stored(ctx, DEPLOYABLE, build)
 
 
 def _latency_aware_skips(ctx: Context, model: nn.Module) -> tuple[list[str], dict]:
-    """Layers INT8 makes slower on the measured targets stay float (per layer kind, measured here)."""
-    if not ctx.recipe.quant.latency_aware or not ctx.plan.available:
-        return [], {"measured": False, "reason": "latency-aware selection off or no target measurable here"}
+    """Layers INT8 makes slower on the measured targets stay float (per layer configuration, timed here)."""
+    measurable = [t for t in ctx.plan.available if t.precision == "int8"]
+    if not ctx.recipe.quant.latency_aware or not measurable:
+        return [], {"measured": False, "reason": "latency-aware selection off, or no INT8 target measurable here"}
     from edgekd.quant import choose_layers_for_target
 
     skip: set[str] = set()
     decisions = {}
-    for target in ctx.plan.available:
-        if target.precision != "int8":
-            continue
-        choice = choose_layers_for_target(model=model, target=target, example_inputs=ctx.example_input,
-                                          scheme=ctx.plan.scheme)
-        skip.update(choice.skip)
+    for target in measurable:
+        choice = choose_layers_for_target(model=model, target=target, example_inputs=ctx.example_input)
+        skip.update(choice.float_layers)
         decisions[target.name] = choice.as_dict()
-    return sorted(skip), {"measured": True, "targets": decisions}
+    return sorted(skip), {"measured": True, "float_layers": sorted(skip), "targets": decisions}
 
 
 def quantize_teacher(ctx: Context) -> Variant:
     """Post-training quantization of the teacher, the baseline a team would try first."""
-    from edgekd.quant import quantize_ptq
+    from edgekd.quant import QuantReport, checkpoint_transform, quantize_ptq
 
     def build() -> Variant:
-        result = quantize_ptq(model=ctx.teacher.model, scheme=ctx.plan.scheme, calibration=_calibration(ctx),
-                              observer=ctx.recipe.quant.observer)
-        return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
-                       {"quantization": result.report})
+        model = quantize_ptq(model=ctx.teacher.model, scheme=ctx.plan.scheme, calibration=_calibration(ctx),
+                             observer=ctx.recipe.quant.observer)
+        return Variant(model, ctx.teacher.ref, ctx.teacher.transforms + [checkpoint_transform(model)],
+                       {"quantization": asdict(QuantReport.of(model))})
 
     return _stored(ctx, "teacher-int8-ptq", build)
 
@@ -385,8 +386,8 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
             "size_mb": round(_size_mb(artifact), 4), "precision": "int8" if "int8" in name else "fp32",
             "artifact": str(artifact.onnx.relative_to(out)),
-            "latency_p50_ms": {t: m["latency_ms"]["p50"] for t, m in measured["latency"][name].items()},
-            "latency_p95_ms": {t: m["latency_ms"]["p95"] for t, m in measured["latency"][name].items()},
+            "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
+            "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},
         })
     teacher_p50 = ablation[0]["latency_p50_ms"]
     final_p50 = ablation[-1]["latency_p50_ms"]
@@ -426,8 +427,6 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
 
 
 def _hyperparameters(ctx: Context) -> dict:
-    from dataclasses import asdict
-
     config = asdict(_distill_config(ctx, kd=True))
     config.pop("collate", None)
     return {"distill": config, "quant": ctx.recipe.quant.model_dump(), "prune": ctx.recipe.prune.model_dump(),
