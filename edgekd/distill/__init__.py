@@ -9,9 +9,8 @@ The interface names `edgekd.distill(...)` as a function while `edgekd.distill` i
 so the package itself is callable: `edgekd.distill(student=..., ...)` is `distill(student=..., ...)`.
 """
 
-import sys
-import types
 
+from edgekd._callable import make_package_callable
 from edgekd.distill.config import DistillConfig, DistillResult, LossTerm, config_from_mapping
 from edgekd.distill.losses import LOSSES, DistillLoss, register_loss
 from edgekd.distill.metrics import METRICS, TaskMetric, evaluate, register_metric
@@ -24,9 +23,4 @@ __all__ = [
 ]
 
 
-class _CallablePackage(types.ModuleType):
-    def __call__(self, **kwargs):
-        return distill(**kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_package_callable(__name__, distill)
