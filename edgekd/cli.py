@@ -144,12 +144,7 @@ def compress(
     from edgekd.recipe import load_recipe
 
     resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
-                           seed=seed)
-    if epochs is not None or qat_epochs is not None:
-        resolved = resolved.model_copy(update={
-            "distill": resolved.distill.model_copy(update={"epochs": epochs or resolved.distill.epochs}),
-            "quant": resolved.quant.model_copy(update={"epochs": qat_epochs if qat_epochs is not None
-                                                         else resolved.quant.epochs})})
+                           seed=seed, distill_epochs=epochs, quant_epochs=qat_epochs)
     result = run_compress(recipe=resolved, resume=resume, console=err_console)
     _print_summary(result.report)
     console.print(f"run directory: {result.out}  (report.md, report.html, report.json, manifest.json)")

@@ -41,7 +41,7 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     stages = S.StageLog(console, total=6)
 
     teacher = load_model(recipe.teacher)
-    data = load_data(recipe.data, labeled_fraction=recipe.distill.labeled_fraction)
+    data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)
     targets = [load_target(name) for name in recipe.targets]
     plan = S.plan_targets(targets)
     out = Path(recipe.out)

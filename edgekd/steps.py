@@ -194,15 +194,18 @@ def _pruned_student(ctx: Context, ratio: float) -> Variant:
 
 # ---- 2. distill -------------------------------------------------------------------------------
 
-def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None, lr: float | None = None):
-    from edgekd.distill import DistillConfig, LossTerm
+def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None):
+    from edgekd.distill import config_from_mapping
 
-    d = ctx.recipe.distill
-    return DistillConfig(
-        epochs=epochs or d.epochs, batch_size=d.batch_size, lr=lr or d.lr, weight_decay=d.weight_decay,
-        temperature=d.temperature, alpha=d.alpha, kd=kd, mode=d.mode, cache=d.cache, patience=d.patience,
-        seed=ctx.recipe.seed, losses=[LossTerm(**loss.model_dump()) for loss in d.losses] if kd else [],
-        response=ctx.data.task == "classification", collate=_collate(ctx))
+    settings = {"seed": ctx.recipe.seed, **ctx.recipe.distill, "kd": kd,
+                "response": ctx.data.task == "classification" and ctx.recipe.distill.get("response", True)}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    if not kd:
+        settings["losses"] = []
+    config = config_from_mapping(settings, source="recipe: distill")
+    config.collate = _collate(ctx)
+    return config
 
 
 def _collate(ctx: Context):
@@ -246,9 +249,10 @@ def quantize_student(ctx: Context, student: Variant) -> Variant:
 
     def build() -> Variant:
         skip, decisions = _latency_aware_skips(ctx, student.model)
-        config = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=ctx.recipe.seed, batch_size=ctx.recipe.distill.batch_size,
-                                    temperature=ctx.recipe.distill.temperature, alpha=ctx.recipe.distill.alpha,
-                                    response=ctx.data.task == "classification", collate=_collate(ctx))
+        kd = _distill_config(ctx, kd=True)
+        config = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
+                                    temperature=kd.temperature, alpha=kd.alpha, response=kd.response,
+                                    collate=kd.collate)
         model, history = qat(model=student.model, data=ctx.data, scheme=ctx.plan.scheme, teacher=student.model,
                              config=config, warmup_epochs=q.warmup_epochs, observer=q.observer, skip=skip,
                              calibration_samples=q.calibration_samples, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
@@ -404,7 +408,7 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "int8_executed": artifacts[DEPLOYABLE].int8_executed,
         "retention": measured["retention"],
         "speedup_vs_teacher": {t: teacher_p50[t] / final_p50[t] for t in final_p50 if final_p50[t]},
-        "training": {name: artifacts[name].info.get("history", []) for name in VARIANTS
+        "training": {name: _curves(artifacts[name].info["history"]) for name in VARIANTS
                      if artifacts[name].info.get("history")},
         "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds["teacher-fp32"], student_pred=preds[DEPLOYABLE])
         if ctx.data.task == "classification" else None,
@@ -424,6 +428,17 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
     write_manifest(run_dir=out, manifest=manifest)
     render_report(run_dir=out)
     return report
+
+
+def _curves(history: list[dict]) -> list[dict]:
+    """Distill's epoch records in the report's terms: train loss and the primary validation metric."""
+    curves = []
+    for record in history:
+        val = record.get("val", {})
+        curves.append({"epoch": record["epoch"], "train_loss": record.get("loss"),
+                       "val_metric": next(iter(val.values()), None), **{f"val_{k}": v for k, v in val.items()},
+                       "step_ms": record.get("step_ms")})
+    return curves
 
 
 def _hyperparameters(ctx: Context) -> dict:

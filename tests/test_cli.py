@@ -130,7 +130,7 @@ def test_compress_rejects_a_broken_recipe(run_cli, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("teacher: edgekd.models:resnet\ndistill: {epochs: -3}\n")
     code, _, err = run_cli("compress", str(recipe), "--out", str(tmp_path / "run"))
-    assert_clean_error(code, err, "recipe.yaml", "'distill.epochs'")
+    assert_clean_error(code, err, "recipe.yaml: distill", "'epochs'")
     recipe.write_text("teacher: [unclosed\n")
     code, _, err = run_cli("compress", str(recipe))
     assert_clean_error(code, err, "broken YAML")
