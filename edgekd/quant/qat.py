@@ -5,7 +5,9 @@ then distill with a small learning rate. During `warmup_epochs` the activation r
 training batches (moving average) and batch norms keep learning their statistics; after that
 both freeze, so the last epochs fine-tune the weights against the exact integer model the
 runtime will execute. The schedule is a distill callback keyed on the epoch number, so a
-resumed run re-applies it identically.
+resumed run re-applies it identically. The calibrated starting point competes too: if no QAT
+epoch beats it on the validation metric distill monitors, it is what qat() returns, so QAT is
+never worse on validation than the PTQ model it starts from.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def qat(*, model: nn.Module, data, scheme: QuantScheme, teacher: nn.Module | Non
     fake-quant model (eval mode, ranges and BN frozen, best validation epoch) and distill's
     per-epoch history. With `out_dir`, distill keeps resumable state under out_dir/checkpoints.
     """
-    from edgekd.distill import distill
+    from edgekd.distill import METRICS, distill, evaluate
 
     if not isinstance(warmup_epochs, int) or isinstance(warmup_epochs, bool) or warmup_epochs < 0:
         raise BadInput(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
@@ -87,10 +89,20 @@ def qat(*, model: nn.Module, data, scheme: QuantScheme, teacher: nn.Module | Non
     calibrate(model=student, inputs=calibration_batches(data.x_train, collate=config.collate,
                                                         samples=calibration_samples, batch_size=config.batch_size,
                                                         seed=config.seed))
-    plan_of(student)["qat"] = {"warmup_epochs": warmup_epochs, "epochs": config.epochs, "lr": config.lr,
-                               "temperature": config.temperature, "alpha": config.alpha}
+    metric = METRICS[data.task]
+    key = metric.primary  # compared only when distill monitors it too (its direction is known)
+    start = copy.deepcopy(student)
+    start_value = evaluate(start, data.x_val, data.y_val, teacher=teacher, task=data.task,
+                           collate=config.collate).get(key)
     result = distill(student=student, data=data, teacher=teacher, config=config, out_dir=out_dir, resume=resume,
                      callbacks=(QATSchedule(warmup_epochs),), progress=progress)
-    quantized = result.model
+    trained_value = result.metrics.get(key)
+    kept_start = (config.monitor in (None, key) and start_value is not None and trained_value is not None
+                  and (start_value > trained_value if metric.higher_is_better else start_value < trained_value))
+    quantized = start if kept_start else result.model
+    plan_of(quantized)["qat"] = {"warmup_epochs": warmup_epochs, "epochs": config.epochs, "lr": config.lr,
+                                 "temperature": config.temperature, "alpha": config.alpha, "monitor": key,
+                                 "calibrated_start": start_value, "best_epoch": result.best_epoch,
+                                 "best_epoch_value": trained_value, "kept_calibrated_start": kept_start}
     freeze(quantized)
     return quantized.eval(), result.history
