@@ -58,11 +58,18 @@ class TargetPlan:
 
     targets: list[Target]
     available: list[Target]
-    scheme: QuantScheme
-    scheme_source: str | None
+    int8_target: Target | None  # the first INT8 target: its kernels decide the quantization scheme
     channel_multiple: int
     static_shapes: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def scheme(self) -> QuantScheme:
+        return self.int8_target.quantization if self.int8_target else QuantScheme()
+
+    @property
+    def scheme_source(self) -> str | None:
+        return self.int8_target.name if self.int8_target else None
 
     def describe(self) -> str:
         w, a = self.scheme.weights, self.scheme.activations
@@ -83,8 +90,7 @@ def plan_targets(targets: list[Target]) -> TargetPlan:
     multiple = 1
     for t in targets:
         multiple = min(math.lcm(multiple, t.channel_multiple), 64)
-    return TargetPlan(targets=targets, available=available, scheme=source.quantization if source else QuantScheme(),
-                      scheme_source=source.name if source else None, channel_multiple=multiple,
+    return TargetPlan(targets=targets, available=available, int8_target=source, channel_multiple=multiple,
                       static_shapes=any(t.static_shapes for t in targets), notes=notes)
 
 
@@ -237,58 +243,53 @@ def train_student(ctx: Context, student: Variant, *, kd: bool) -> Variant:
 
 # ---- 3. quantize ------------------------------------------------------------------------------
 
-def _calibration(ctx: Context) -> np.ndarray:
-    return ctx.data.x_train[: ctx.recipe.quant.calibration_samples]
+def _quant_config(ctx: Context, *, mode: str):
+    from edgekd.quant import QuantConfig
+
+    q = ctx.recipe.quant
+    settings = dict(mode=mode, observer=q.observer, warmup_epochs=q.warmup_epochs,
+                    calibration_samples=q.calibration_samples)
+    if ctx.plan.int8_target is None:
+        return QuantConfig(**settings)
+    return QuantConfig.for_target(ctx.plan.int8_target, **settings)
 
 
 def quantize_student(ctx: Context, student: Variant) -> Variant:
-    """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme the target wants."""
-    from edgekd.quant import QuantReport, checkpoint_transform, qat, qat_distill_config
+    """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme the target wants;
+    layer kinds that INT8 makes slower on the (measurable) target stay float."""
+    from edgekd.quant import checkpoint_transform, qat_distill_config, quantize
 
     q = ctx.recipe.quant
 
     def build() -> Variant:
-        skip, decisions = _latency_aware_skips(ctx, student.model)
         kd = _distill_config(ctx, kd=True)
-        config = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
-                                    temperature=kd.temperature, alpha=kd.alpha, response=kd.response,
-                                    collate=kd.collate)
-        model, history = qat(model=student.model, data=ctx.data, scheme=ctx.plan.scheme, teacher=student.model,
-                             config=config, warmup_epochs=q.warmup_epochs, observer=q.observer, skip=skip,
-                             calibration_samples=q.calibration_samples, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
-                             resume=ctx.resume)
-        report = {**asdict(QuantReport.of(model)), "latency_aware": decisions}
-        return Variant(model, student.ref, student.transforms + [checkpoint_transform(model)],
-                       {"history": history, "quantization": report})
+        config = _quant_config(ctx, mode="qat")
+        config.distill = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
+                                            temperature=kd.temperature, alpha=kd.alpha, response=kd.response,
+                                            collate=kd.collate)
+        config.latency_aware = q.latency_aware and ctx.plan.int8_target in ctx.plan.available
+        result = quantize(model=student.model, data=ctx.data, config=config, teacher=student.model,
+                          target=ctx.plan.int8_target if config.latency_aware else None,
+                          example_inputs=ctx.example_input, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
+                          resume=ctx.resume)
+        report = result.report.as_dict()
+        report["latency_choice"] = result.layer_choice.as_dict() if result.layer_choice else None
+        return Variant(result.model, student.ref, student.transforms + [checkpoint_transform(result.model)],
+                       {"history": result.history, "quantization": report})
 
     return _stored(ctx, DEPLOYABLE, build)
 
 
-def _latency_aware_skips(ctx: Context, model: nn.Module) -> tuple[list[str], dict]:
-    """Layers INT8 makes slower on the measured targets stay float (per layer configuration, timed here)."""
-    measurable = [t for t in ctx.plan.available if t.precision == "int8"]
-    if not ctx.recipe.quant.latency_aware or not measurable:
-        return [], {"measured": False, "reason": "latency-aware selection off, or no INT8 target measurable here"}
-    from edgekd.quant import choose_layers_for_target
-
-    skip: set[str] = set()
-    decisions = {}
-    for target in measurable:
-        choice = choose_layers_for_target(model=model, target=target, example_inputs=ctx.example_input)
-        skip.update(choice.float_layers)
-        decisions[target.name] = choice.as_dict()
-    return sorted(skip), {"measured": True, "float_layers": sorted(skip), "targets": decisions}
-
-
 def quantize_teacher(ctx: Context) -> Variant:
     """Post-training quantization of the teacher, the baseline a team would try first."""
-    from edgekd.quant import QuantReport, checkpoint_transform, quantize_ptq
+    from edgekd.quant import checkpoint_transform, quantize
 
     def build() -> Variant:
-        model = quantize_ptq(model=ctx.teacher.model, scheme=ctx.plan.scheme, calibration=_calibration(ctx),
-                             observer=ctx.recipe.quant.observer)
-        return Variant(model, ctx.teacher.ref, ctx.teacher.transforms + [checkpoint_transform(model)],
-                       {"quantization": asdict(QuantReport.of(model))})
+        config = _quant_config(ctx, mode="ptq")
+        config.latency_aware = False
+        result = quantize(model=ctx.teacher.model, data=ctx.data, config=config)
+        return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [checkpoint_transform(result.model)],
+                       {"quantization": result.report.as_dict()})
 
     return _stored(ctx, "teacher-int8-ptq", build)
 
