@@ -88,6 +88,162 @@ def bench(
         raise typer.Exit(1)  # "not-measured" is not a failure of the model
 
 
+def _example_input(dataset):
+    import torch
+
+    return torch.from_numpy(dataset.x_val[:1])
+
+
+@app.command()
+def distill(
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or model dir."),
+    student: str = typer.Option(..., "--student", help="module:factory or checkpoint of the student."),
+    data: str = typer.Option(..., "--data", help="Dataset spec name/YAML, .npz, or text file."),
+    out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output directory."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML with a 'distill:' section."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="offline | self | online | multistage."),
+    assistant: Optional[str] = typer.Option(None, "--assistant", help="Teacher-assistant model (multistage)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft (KD) term vs hard-label CE."),
+    no_kd: bool = typer.Option(False, "--no-kd", help="Train the undistilled baseline (CE only)."),
+    labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="Keep labels on this fraction."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
+):
+    """Knowledge distillation only: train the FP32 student, write OUT/student.pt."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.distill import config_from_mapping, distill as run_distill
+    from edgekd.io import write_json
+    from edgekd.recipe import load_recipe
+
+    settings = dict(load_recipe(recipe).distill) if recipe else {}
+    flags = {"mode": mode, "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "seed": seed}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if no_kd:
+        settings["kd"] = False
+    config = config_from_mapping(settings, source=str(recipe or "command line"))
+    dataset = load_data(data, labeled_fraction=labeled_fraction)
+    source = load_model(student)
+    result = run_distill(student=source.model, teacher=load_model(teacher).model if teacher else None,
+                         assistant=load_model(assistant).model if assistant else None, data=dataset,
+                         config=config, out_dir=out, resume=resume)
+    save_checkpoint(out / "student.pt", result.model, ref=source.ref, transforms=source.transforms,
+                    meta={"best_epoch": result.best_epoch, "metrics": result.metrics})
+    write_json(out / "distill.json", {"history": result.history, "metrics": result.metrics})
+    console.print(f"best epoch {result.best_epoch}: {result.metrics}")
+    console.print(f"wrote {out / 'student.pt'}")
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help="module:factory or checkpoint to prune."),
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels/heads/neurons to remove, in (0, 1)."),
+    data: str = typer.Option(..., "--data", help="Data for input shapes, Taylor importance and KD recovery."),
+    out: Path = typer.Option(Path("runs/prune/pruned.pt"), "--out", "-o", help="Output checkpoint (.pt)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Round channels to this profile's channel_multiple."),
+    channel_multiple: Optional[int] = typer.Option(None, "--channel-multiple", help="Override the rounding."),
+    importance: str = typer.Option("magnitude", "--importance", help="magnitude | bn_scale | taylor."),
+    global_pruning: bool = typer.Option(False, "--global", help="One global ranking instead of per-layer ratios."),
+    steps: int = typer.Option(1, "--steps", help="Iterative pruning steps."),
+    recovery_epochs: int = typer.Option(0, "--recovery-epochs", help="KD epochs against the unpruned model per step."),
+    ignore: List[str] = typer.Option([], "--ignore", help="Layer to leave unpruned (repeatable)."),
+):
+    """Structured pruning (+ optional KD recovery): a smaller model, saved as a checkpoint and a .pt2 program."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.io import write_json
+    from edgekd.prune import save_program
+    from edgekd.steps import prune_with_recovery
+    from edgekd.targets import load_target
+
+    source = load_model(model)
+    dataset = load_data(data)
+    result = prune_with_recovery(
+        teacher=source.model, data=dataset, ratio=ratio, importance=importance, global_pruning=global_pruning,
+        channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1),
+        steps=steps, recovery_epochs=recovery_epochs, ignore_layers=ignore)
+    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [result.transform],
+                    meta={"prune": result.report})
+    program = save_program(model=result.model, example_inputs=_example_input(dataset), path=out.with_suffix(".pt2"))
+    write_json(out.with_suffix(".json"), result.report)
+    before, after = result.report["before"], result.report["after"]
+    console.print(f"params {before['params']:,} -> {after['params']:,} ({result.report['params_ratio']:.2f}x), "
+                  f"MACs {before['macs']:,} -> {after['macs']:,} ({result.report['macs_ratio']:.2f}x)")
+    console.print(f"wrote {out} (checkpoint), {program} (code-free program), {out.with_suffix('.json')} (report)")
+
+
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="module:factory or checkpoint of the FP32 model."),
+    data: str = typer.Option(..., "--data", help="Calibration / QAT data."),
+    target: str = typer.Option("x86-cpu-onnxruntime", "--target", help="Profile whose INT8 scheme to follow."),
+    out: Path = typer.Option(Path("runs/quantize/quantized.pt"), "--out", "-o", help="Output checkpoint (.pt)."),
+    mode: str = typer.Option("qat", "--mode", help="qat (QAT+KD) or ptq (calibration only)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="KD teacher for QAT (default: the FP32 model)."),
+    epochs: int = typer.Option(4, "--epochs", help="QAT epochs."),
+    lr: float = typer.Option(1e-4, "--lr", help="QAT learning rate."),
+    observer: str = typer.Option("minmax", "--observer", help="minmax | percentile | mse."),
+    latency_aware: bool = typer.Option(True, "--latency-aware/--no-latency-aware",
+                                       help="Keep float the layer kinds INT8 slows down on the target."),
+    resume: bool = typer.Option(False, "--resume"),
+):
+    """PTQ or QAT+KD to the target's INT8 scheme; writes a fake-quant checkpoint."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.quant import QuantConfig, checkpoint_transform, qat_distill_config, quantize as run_quantize
+    from edgekd.targets import availability, load_target
+
+    if mode not in ("qat", "ptq"):
+        raise BadInput(f"--mode '{mode}': expected qat or ptq")
+    profile = load_target(target)
+    source = load_model(model)
+    dataset = load_data(data)
+    measurable = latency_aware and availability(profile)[0]
+    config = QuantConfig.for_target(profile, mode=mode, observer=observer, latency_aware=measurable,
+                                    distill=qat_distill_config(epochs=epochs, lr=lr))
+    result = run_quantize(model=source.model, data=dataset, config=config,
+                          teacher=load_model(teacher).model if teacher else None,
+                          target=profile if measurable else None, example_inputs=_example_input(dataset),
+                          out_dir=out.parent / f"{out.stem}-work", resume=resume)
+    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [checkpoint_transform(result.model)],
+                    meta={"quantization": result.report.as_dict()})
+    console.print(result.report.summary())
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="An edgekd checkpoint (.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    data: str = typer.Option(..., "--data", help="Held-out data for the parity gate (and the input shape)."),
+    formats: str = typer.Option("onnx,openvino", "--format", help="Comma-separated: onnx, openvino."),
+    target: Optional[str] = typer.Option(None, "--target", help="Use this profile's static_shapes setting."),
+    static_shapes: bool = typer.Option(False, "--static-shapes", help="Fix every input shape."),
+    name: str = typer.Option("model", "--name", help="Artifact file stem."),
+):
+    """ONNX (QDQ where quantized) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
+    from edgekd.data import load_data
+    from edgekd.export import export as run_export
+    from edgekd.targets import load_target
+
+    wanted = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = [f for f in wanted if f not in ("onnx", "openvino")]
+    if unknown or not wanted:
+        raise BadInput(f"--format '{formats}': expected a comma-separated list of onnx, openvino")
+    dataset = load_data(data)
+    static = static_shapes or (load_target(target).static_shapes if target else False)
+    result = run_export(model=checkpoint, example_inputs=_example_input(dataset), out_dir=out, formats=wanted,
+                        parity_inputs=dataset.x_test, static_shapes=static, name=name, task=dataset.task)
+    for runtime, figures in result.parity.items():
+        console.print(f"{runtime}: top-1 agreement {figures.get('top1_agreement', float('nan')):.4f}, "
+                      f"cosine {figures.get('cosine', float('nan')):.6f}, "
+                      f"INT8 executed: {result.int8_executed.get(runtime)}")
+    console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else ""))
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory (holds report.json).")):
     """Re-render report.md / report.html / plots from report.json."""

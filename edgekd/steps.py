@@ -181,19 +181,37 @@ def _count(spec: str) -> int:
     return value
 
 
-def _pruned_student(ctx: Context, ratio: float) -> Variant:
-    from edgekd.prune import prune
+def prune_with_recovery(*, teacher: nn.Module, data: Dataset, ratio: float, channel_multiple: int = 1,
+                        importance: str = "magnitude", global_pruning: bool = False, steps: int = 1,
+                        recovery_epochs: int = 0, ignore_layers=(), seed: int = 0, collate=None):
+    """Prune `teacher` into a student; Taylor importance ranks channels by the KD loss's gradients,
+    and each pruning step is followed by `recovery_epochs` of KD against the unpruned teacher."""
+    from edgekd.distill import LOSSES, DistillConfig, distill
+    from edgekd.prune import calibration_loss, prune
 
-    cfg = ctx.recipe.prune
+    example = torch.from_numpy(np.ascontiguousarray(data.x_val[:1]))
+    loss_fn = None
+    if importance == "taylor":
+        batches = [torch.from_numpy(np.ascontiguousarray(data.x_train[i:i + 64])) for i in range(0, 256, 64)]
+        loss_fn = calibration_loss(batches=batches, teacher=teacher, criterion=LOSSES["response"](temperature=4.0))
     recovery = None
-    if cfg.recovery_epochs:
+    if recovery_epochs:
         def recovery(model: nn.Module, step: int) -> nn.Module:
-            return _distill(ctx, model, kd=True, epochs=cfg.recovery_epochs, out_dir=None).model
+            config = DistillConfig(epochs=recovery_epochs, lr=2e-3, patience=None, seed=seed, collate=collate)
+            return distill(student=model, teacher=teacher, data=data, config=config, progress=False).model
 
-    result = prune(model=ctx.teacher.model, example_inputs=ctx.example_input, ratio=ratio,
-                   channel_multiple=ctx.plan.channel_multiple, importance=cfg.importance,
-                   global_pruning=cfg.global_pruning, ignore_layers=cfg.ignore_layers, steps=cfg.steps,
-                   recovery=recovery)
+    return prune(model=teacher, example_inputs=example, ratio=ratio, channel_multiple=channel_multiple,
+                 importance=importance, global_pruning=global_pruning, ignore_layers=ignore_layers, steps=steps,
+                 recovery=recovery, loss_fn=loss_fn)
+
+
+def _pruned_student(ctx: Context, ratio: float) -> Variant:
+    cfg = ctx.recipe.prune
+    result = prune_with_recovery(teacher=ctx.teacher.model, data=ctx.data, ratio=ratio,
+                                 channel_multiple=ctx.plan.channel_multiple, importance=cfg.importance,
+                                 global_pruning=cfg.global_pruning, steps=cfg.steps,
+                                 recovery_epochs=cfg.recovery_epochs, ignore_layers=cfg.ignore_layers,
+                                 seed=ctx.recipe.seed, collate=_collate(ctx))
     return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
                    {"prune": result.report})
 

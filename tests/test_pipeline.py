@@ -1,0 +1,136 @@
+"""`edgekd compress` end to end on a tiny teacher from a user module, plus check and resume."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8"}
+
+
+def tiny_recipe(out: Path) -> dict:
+    return {
+        "teacher": "tiny_models:trained_teacher", "student": "prune:0.5", "data": "digits",
+        "targets": ["x86-cpu-onnxruntime", "intel-npu-core-ultra"], "out": str(out),
+        "distill": {"epochs": 2, "batch_size": 64}, "quant": {"epochs": 1, "latency_aware": False},
+        "bench": {"time_budget_s": 0.2, "ablation_time_budget_s": 0.1, "min_iterations": 10, "warmup": 2},
+    }
+
+
+def cli(*args: str, env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    recipe = out.parent / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    done = cli("compress", str(recipe), timeout=900)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return out, done
+
+
+def test_run_directory_satisfies_the_contract(finished_run):
+    out, done = finished_run
+    for name in ("model.onnx", "openvino/model.xml", "openvino/model.bin", "report.json", "report.md",
+                 "report.html", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "plots").glob("*.png"))
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["variant"]: row for row in report["ablation"]}
+    assert set(rows) == VARIANTS
+    for row in rows.values():
+        assert {"metric", "params", "size_mb", "latency_p50_ms"} <= set(row)
+        assert 0.0 <= row["metric"]["value"] <= 1.0 and row["metric"]["name"] == "accuracy"
+        assert row["latency_p50_ms"]["x86-cpu-onnxruntime"] > 0
+    assert rows["student-kd-fp32"]["params"] < 0.7 * rows["teacher-fp32"]["params"]
+    targets = {t["name"]: t for t in report["targets"]}
+    measured = targets["x86-cpu-onnxruntime"]
+    assert measured["available"] and measured["slo"]["verdict"] in ("pass", "fail")
+    assert {"p50", "p90", "p95", "p99"} <= set(measured["latency_ms"])
+    assert measured["int8_executed"] is True
+    absent = targets["intel-npu-core-ultra"]
+    assert absent["available"] is False and absent["reason"] and absent["slo"]["verdict"] == "not-measured"
+    for runtime in ("onnx", "openvino"):
+        assert report["parity"][runtime]["top1_agreement"] >= 0.99
+    assert report["audit"]["disagreement_rate"] >= 0
+    assert done.returncode == (1 if measured["slo"]["verdict"] == "fail" else 0)
+
+
+def test_manifest_and_check(finished_run, tmp_path):
+    out, _ = finished_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["teacher"]["sha256"]) == 64 and manifest["data"]["sha256"]
+    assert "model.onnx" in json.dumps(manifest["artifacts"])
+    ok = cli("check", str(out), timeout=300)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    stale = cli("check", str(out), env_extra={"TINY_TEACHER_SEED": "1"}, timeout=300)
+    assert stale.returncode == 1 and "stale" in stale.stdout
+
+
+def test_check_detects_a_modified_artifact(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    result = cli("check", str(copy), timeout=300)
+    assert result.returncode == 1 and "corrupt" in result.stdout and "model.onnx" in result.stdout
+
+
+def test_report_rerenders_from_report_json(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.md").unlink()
+    result = cli("report", str(copy), timeout=300)
+    assert result.returncode == 0 and (copy / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_run(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", "compress", str(recipe)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if state.is_file() and "student-no-kd" in json.loads(state.read_text() or "{}").get("stages", {}):
+            break
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    finished = json.loads(state.read_text())["stages"]
+    assert "student-no-kd" in finished and "export:student-kd-qat-int8" not in finished
+    kept = (out / "stages" / "student-no-kd.pt").stat().st_mtime_ns
+    resumed = cli("compress", str(recipe), "--resume", timeout=900)
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert (out / "stages" / "student-no-kd.pt").stat().st_mtime_ns == kept  # not redone
+    assert json.loads((out / "report.json").read_text())["ablation"]
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "state.json").write_text(json.dumps({"fingerprint": {"recipe": "other", "teacher": "x", "data": "y"},
+                                                "stages": {}}))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny_recipe(out), "teacher": "edgekd.models:resnet"}))
+    result = cli("compress", str(recipe), "--resume", timeout=300)
+    assert result.returncode == 2 and "cannot resume" in result.stderr and "Traceback" not in result.stderr
