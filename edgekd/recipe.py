@@ -54,7 +54,7 @@ class Recipe(_Section):
     labeled_fraction: float = Field(default=1.0, gt=0, le=1)
     # edgekd.distill.DistillConfig fields (epochs, lr, temperature, alpha, losses, mode, ...),
     # validated by the distillation stage itself so the recipe and the API never drift apart.
-    distill: dict = Field(default_factory=dict)
+    distill: dict = Field(default_factory=lambda: {"epochs": 15, "patience": 5})  # the demo: about a minute
     prune: PruneSection = PruneSection()
     quant: QuantSection = QuantSection()
     bench: BenchSection = BenchSection()
