@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import BadInput
-from edgekd.targets import read_yaml
+from edgekd.targets import read_yaml, validation_message
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
 UNLABELED = -1
@@ -213,9 +213,7 @@ def load_spec(path: Path) -> Dataset:
     try:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise BadInput(f"{source}: key '{key}': {first['msg']}") from None
+        raise BadInput(validation_message(source, err)) from None
     if spec.loader in _SPEC_LOADERS:
         x, y, sha = _SPEC_LOADERS[spec.loader](spec, source)
     else:

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import BadInput
-from edgekd.targets import read_yaml
+from edgekd.targets import read_yaml, validation_message
 
 
 class _Section(BaseModel):
@@ -82,9 +82,7 @@ def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, q
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise BadInput(f"{source}: key '{key}': {first['msg']}") from None
+        raise BadInput(validation_message(source, err)) from None
     from edgekd.distill import config_from_mapping
 
     config_from_mapping(recipe.distill, source=f"{source}: distill")  # fail before any work starts

@@ -18,7 +18,6 @@ from edgekd.errors import BadInput
 from edgekd.host import HostInfo, detect_host
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-PACKAGED_TARGETS_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 class _Strict(BaseModel):
@@ -85,7 +84,8 @@ class Target(_Strict):
     peak: PeakCompute = PeakCompute()
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
+def validation_message(source: str, err: ValidationError) -> str:
+    """A pydantic error as one line naming the file and the key at fault."""
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     value = first.get("input")
@@ -100,7 +100,7 @@ def parse_target(data: object, *, source: str) -> Target:
     try:
         return Target.model_validate(data)
     except ValidationError as err:
-        raise BadInput(_format_validation_error(source, err)) from None
+        raise BadInput(validation_message(source, err)) from None
 
 
 def read_yaml(path: Path) -> object:
@@ -128,17 +128,9 @@ def load_target_file(path: str | Path) -> Target:
     return target
 
 
-def _profile_dirs() -> list[Path]:
-    return [d for d in (TARGETS_DIR, PACKAGED_TARGETS_DIR) if d.is_dir()]
-
-
 def list_targets() -> list[Target]:
     """Every bundled profile, sorted by name."""
-    seen: dict[str, Target] = {}
-    for directory in _profile_dirs():
-        for path in sorted(directory.glob("*.yaml")):
-            seen.setdefault(path.stem, load_target_file(path))
-    return [seen[name] for name in sorted(seen)]
+    return [load_target_file(path) for path in sorted(TARGETS_DIR.glob("*.yaml"))]
 
 
 def load_target(name_or_path: str | Path) -> Target:
@@ -146,10 +138,9 @@ def load_target(name_or_path: str | Path) -> Target:
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         return load_target_file(candidate)
-    for directory in _profile_dirs():
-        path = directory / f"{name_or_path}.yaml"
-        if path.is_file():
-            return load_target_file(path)
+    path = TARGETS_DIR / f"{name_or_path}.yaml"
+    if path.is_file():
+        return load_target_file(path)
     known = ", ".join(t.name for t in list_targets())
     raise BadInput(f"unknown target '{name_or_path}' (known: {known}; or give a path to a profile YAML)")
 
