@@ -15,6 +15,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,29 @@ class Context:
     resume: bool = False
 
     @property
-    def example_input(self) -> torch.Tensor:
+    def example_input(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One input batch: a sample array, or (input_ids, attention_mask) of two texts for text data."""
+        if self.data.is_text:
+            from edgekd.hf import encode_batch
+
+            return encode_batch(tokenizer=self.tokenizer, texts=self.data.x_val[:2], max_length=self.max_length)
         return torch.from_numpy(np.ascontiguousarray(self.data.x_val[:1]))
+
+    @cached_property
+    def tokenizer(self):
+        """The tokenizer saved with a Hugging Face teacher (text data only)."""
+        from edgekd.hf import load_tokenizer
+
+        return load_tokenizer(path=self.teacher.model.source_dir)
+
+    @property
+    def max_length(self) -> int:
+        """Token positions text models see: 128 (the benchmark's sequence length) within the teacher's limits."""
+        from edgekd.hf import DEFAULT_MAX_LENGTH
+
+        teacher = self.teacher.model
+        return min(DEFAULT_MAX_LENGTH, teacher.config.max_position_embeddings,
+                   teacher.max_seq_length or DEFAULT_MAX_LENGTH)
 
 
 def _stored(ctx: Context, stage: str, build) -> Variant:
@@ -147,15 +169,12 @@ def make_student(ctx: Context) -> Variant:
     spec = ctx.recipe.student
 
     def build() -> Variant:
+        if ctx.data.is_text and spec.startswith(("layers:", "prune:")):
+            return _encoder_student(ctx)
         if spec.startswith("prune:"):
             return _pruned_student(ctx, _ratio(spec))
         if spec.startswith("layers:"):
-            from edgekd.hf import layers_student
-
-            layers = _count(spec)
-            result = layers_student(teacher=ctx.teacher.model, layers=layers)
-            return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
-                           {"layers": result.report})
+            raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
         from edgekd.checkpoint import load_model
 
         loaded = load_model(spec)
@@ -171,14 +190,15 @@ def _ratio(spec: str) -> float:
         raise BadInput(f"student '{spec}': expected prune:RATIO with RATIO a number in (0, 1)") from None
 
 
-def _count(spec: str) -> int:
-    try:
-        value = int(spec.split(":", 1)[1])
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise BadInput(f"student '{spec}': expected layers:N with N a positive integer")
-    return value
+def _encoder_student(ctx: Context) -> Variant:
+    """`layers:N` / `prune:R` of a Hugging Face sentence-encoder teacher."""
+    from edgekd.hf import make_student as encoder_student
+
+    spec = ctx.recipe.student
+    result = encoder_student(teacher=ctx.teacher.model, spec=spec, example_inputs=ctx.example_input,
+                             channel_multiple=ctx.plan.channel_multiple)
+    return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
+                   {spec.split(":", 1)[0]: result.report})
 
 
 def prune_with_recovery(*, teacher: nn.Module, data: Dataset, ratio: float, channel_multiple: int = 1,
@@ -218,7 +238,9 @@ def _pruned_student(ctx: Context, ratio: float) -> Variant:
 
 # ---- 2. distill -------------------------------------------------------------------------------
 
-def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None):
+def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None, student: nn.Module | None = None):
+    """The recipe's distill settings; for a text `student` trained with KD, on top of the encoder KD
+    recipe (edgekd.hf.encoder_kd_config: embedding + hidden + attention terms, text augmentation)."""
     from edgekd.distill import config_from_mapping
 
     settings = {"seed": ctx.recipe.seed, **ctx.recipe.distill, "kd": kd,
@@ -228,30 +250,48 @@ def _distill_config(ctx: Context, *, kd: bool, epochs: int | None = None):
     if not kd:
         settings["losses"] = []
     config = config_from_mapping(settings, source="recipe: distill")
+    if ctx.data.is_text and kd and student is not None:
+        return _encoder_kd_config(ctx, student=student, teacher=ctx.teacher.model,
+                                  **{k: getattr(config, k) for k in settings if k != "response"})
     config.collate = _collate(ctx)
     return config
+
+
+def _encoder_kd_config(ctx: Context, *, student: nn.Module, teacher: nn.Module, **overrides):
+    from edgekd.hf import encoder_kd_config
+
+    if not overrides.get("losses"):
+        overrides.pop("losses", None)  # none given: the encoder recipe's terms
+    return encoder_kd_config(student=student, teacher=teacher, tokenizer=ctx.tokenizer, max_length=ctx.max_length,
+                             **overrides)
 
 
 def _collate(ctx: Context):
     if not ctx.data.is_text:
         return None
-    from edgekd.hf import collate_for
+    from edgekd.hf import TextCollate
 
-    return collate_for(ctx.teacher.model)
+    return TextCollate(tokenizer=ctx.tokenizer, max_length=ctx.max_length)
 
 
 def _distill(ctx: Context, model: nn.Module, *, kd: bool, epochs: int | None = None, out_dir=None):
     from edgekd.distill import distill
 
-    return distill(student=copy.deepcopy(model), teacher=ctx.teacher.model if kd else None, data=ctx.data,
-                   config=_distill_config(ctx, kd=kd, epochs=epochs), out_dir=out_dir, resume=ctx.resume,
-                   progress=True)
+    student = copy.deepcopy(model)
+    return distill(student=student, teacher=ctx.teacher.model if kd else None, data=ctx.data,
+                   config=_distill_config(ctx, kd=kd, epochs=epochs, student=student), out_dir=out_dir,
+                   resume=ctx.resume, progress=True)
 
 
 def train_student(ctx: Context, student: Variant, *, kd: bool) -> Variant:
+    """KD training, or the no-KD baseline: trained on labels, or, for unlabeled text (nothing to learn
+    from without a teacher), the student as made."""
     stage = "student-kd-fp32" if kd else "student-no-kd"
 
     def build() -> Variant:
+        if not kd and ctx.data.is_text:
+            return Variant(copy.deepcopy(student.model), student.ref, student.transforms,
+                           {"untrained": "unlabeled text: no training signal without the teacher"})
         result = _distill(ctx, student.model, kd=kd, out_dir=ctx.run.checkpoint_dir(stage))
         return Variant(result.model, student.ref, student.transforms,
                        {"history": result.history, "best_epoch": result.best_epoch, "metrics": result.metrics})
@@ -285,7 +325,13 @@ def quantize_student(ctx: Context, student: Variant) -> Variant:
         config.distill = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
                                             temperature=kd.temperature, alpha=kd.alpha, response=kd.response,
                                             collate=kd.collate)
-        config.latency_aware = q.latency_aware and ctx.plan.int8_target in ctx.plan.available
+        if ctx.data.is_text:  # the FP32 student teaches its fake-quant copy through the encoder KD terms
+            fine_tune = {k: getattr(config.distill, k) for k in
+                         ("epochs", "lr", "weight_decay", "patience", "warmup_epochs", "seed", "batch_size")}
+            config.distill = _encoder_kd_config(ctx, student=student.model, teacher=student.model, **fine_tune)
+        # Latency-aware layer choice times single-input models only.
+        config.latency_aware = (q.latency_aware and not ctx.data.is_text
+                                and ctx.plan.int8_target in ctx.plan.available)
         result = quantize(model=student.model, data=ctx.data, config=config, teacher=student.model,
                           target=ctx.plan.int8_target if config.latency_aware else None,
                           example_inputs=ctx.example_input, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
@@ -300,11 +346,12 @@ def quantize_student(ctx: Context, student: Variant) -> Variant:
 
 def quantize_teacher(ctx: Context) -> Variant:
     """Post-training quantization of the teacher, the baseline a team would try first."""
-    from edgekd.quant import checkpoint_transform, quantize
+    from edgekd.quant import checkpoint_transform, qat_distill_config, quantize
 
     def build() -> Variant:
         config = _quant_config(ctx, mode="ptq")
         config.latency_aware = False
+        config.distill = qat_distill_config(collate=_collate(ctx))  # calibration batches are collated like training's
         result = quantize(model=ctx.teacher.model, data=ctx.data, config=config)
         return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [checkpoint_transform(result.model)],
                        {"quantization": result.report.as_dict()})
@@ -336,10 +383,15 @@ def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Art
     for name, variant in variants.items():
         out_dir = ctx.run.out if name == DEPLOYABLE else ctx.run.out / "variants" / name
 
-        def run_export(variant=variant, out_dir=out_dir) -> dict:
-            result = export(model=variant.model, example_inputs=ctx.example_input, out_dir=out_dir,
-                            formats=tuple(ctx.recipe.formats), parity_inputs=ctx.data.x_test,
-                            static_shapes=ctx.plan.static_shapes, task=ctx.data.task)
+        def run_export(variant=variant, out_dir=out_dir, name=name) -> dict:
+            result = export(model=_export_view(ctx, variant.model), out_dir=out_dir, formats=tuple(ctx.recipe.formats),
+                            static_shapes=ctx.plan.static_shapes, **_export_inputs(ctx))
+            if name == DEPLOYABLE and ctx.data.is_text:
+                from edgekd.hf import write_optimum_layout
+
+                write_optimum_layout(out_dir=out_dir / "hf", encoder=variant.model, tokenizer=ctx.tokenizer,
+                                     onnx_path=result.onnx, openvino_xml=result.openvino_xml,
+                                     max_length=ctx.max_length)
             return {"onnx": str(result.onnx), "openvino": str(result.openvino_xml) if result.openvino_xml else None,
                     "parity": result.parity, "int8_executed": result.int8_executed}
 
@@ -347,6 +399,24 @@ def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Art
         artifacts[name] = Artifact(name, Path(done["onnx"]), Path(done["openvino"]) if done["openvino"] else None,
                                    done["parity"], done["int8_executed"], variant.model, variant.info)
     return artifacts
+
+
+def _export_view(ctx: Context, model: nn.Module) -> nn.Module:
+    """What is exported: the model, or for a sentence encoder its (embedding, token states) view."""
+    if not ctx.data.is_text:
+        return model
+    from edgekd.hf import FeatureExtraction
+
+    return FeatureExtraction(model)
+
+
+def _export_inputs(ctx: Context) -> dict:
+    """Example and parity inputs (and for text the input/output names and dynamic axes) for export."""
+    if not ctx.data.is_text:
+        return {"example_inputs": ctx.example_input, "parity_inputs": ctx.data.x_test, "task": ctx.data.task}
+    from edgekd.hf import export_inputs
+
+    return export_inputs(tokenizer=ctx.tokenizer, texts=ctx.data.x_test, max_length=ctx.max_length)
 
 
 # ---- 5. benchmark -----------------------------------------------------------------------------
@@ -365,11 +435,10 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
     from edgekd.bench import benchmark, measure_latency, predict
 
     b = ctx.recipe.bench
-    x_test, y_test = ctx.data.x_test, ctx.data.y_test
-    predictions = {name: predict(model=a.onnx, inputs=x_test) for name, a in artifacts.items()}
+    inputs, sample = _runtime_inputs(ctx)
+    predictions = {name: predict(model=a.onnx, inputs=inputs) for name, a in artifacts.items()}
     metrics = {name: _metric(ctx, pred, predictions["teacher-fp32"]) for name, pred in predictions.items()}
     latency = {name: {} for name in artifacts}
-    sample = x_test[:1]
     for target in ctx.plan.available:
         for name, artifact in artifacts.items():
             ctx.console.print(f"      timing {name} on {target.name}")
@@ -385,6 +454,19 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
                               metric_retention=retention).to_dict())
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
             "retention": retention}
+
+
+def _runtime_inputs(ctx: Context):
+    """(held-out test inputs, one sample to time) as the exported artifacts take them; texts are
+    tokenized and padded to `ctx.max_length` (128: the sequence length latency is quoted at)."""
+    if not ctx.data.is_text:
+        return ctx.data.x_test, ctx.data.x_test[:1]
+    from edgekd.hf import encode_batch
+
+    ids, mask = encode_batch(tokenizer=ctx.tokenizer, texts=ctx.data.x_test, max_length=ctx.max_length,
+                             pad_to=ctx.max_length)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    return feeds, {name: array[:1] for name, array in feeds.items()}
 
 
 def _metric(ctx: Context, outputs: np.ndarray, teacher_outputs: np.ndarray) -> dict:

@@ -34,7 +34,7 @@ def digits_teacher(data: str = "digits", epochs: int = 20, seed: int = 0) -> nn.
     else:
         model = DIGITS_TEACHER_ARCH.build()
         config = DistillConfig(epochs=epochs, kd=False, lr=3e-3, seed=seed, patience=None)
-        model = distill(student=model, data=dataset, config=config, progress=False).model
+        model = distill(student=model, data=dataset, config=config, progress=True).model  # shown: it takes a while once
         save_checkpoint(path, model, ref=DIGITS_TEACHER_ARCH, meta={"trained_on": data, "epochs": epochs, "seed": seed})
     model.edgekd_ref = DIGITS_TEACHER_ARCH  # checkpoints of its students rebuild the architecture, not re-train
     return model.eval()

@@ -378,7 +378,7 @@ class Trainer:
                                             epoch=epoch, info=info)
         step_module.train()
         sums: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         step_time = 0.0
         loader = _iterate(_Batches(batches, self.data, config, epoch), config.num_workers)
         started = time.perf_counter()

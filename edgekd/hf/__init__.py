@@ -12,8 +12,8 @@ recall@10) as the 'embedding' task's metric in edgekd.distill.
 
 from edgekd.hf.deploy import (OUTPUT_NAMES, FeatureExtraction, export_encoder, export_inputs,
                               write_optimum_layout)
-from edgekd.hf.encoder import (Pooling, SentenceEncoder, is_hf_model_dir, load_sentence_encoder, model_ref,
-                               pooling_config, read_layout, sentence_encoder)
+from edgekd.hf.encoder import (Pooling, SentenceEncoder, is_hf_model_dir, load_model_dir, load_sentence_encoder,
+                               model_ref, pooling_config, read_layout, sentence_encoder)
 from edgekd.hf.kd import block_pairs, disable_dropout, encoder_kd_config, encoder_kd_terms, mix_text
 from edgekd.hf.metrics import embedding_agreement, embedding_task_metric
 from edgekd.hf.students import layer_map, layer_names, layer_student, make_student
@@ -24,7 +24,7 @@ __all__ = [
     "DEFAULT_MAX_LENGTH", "DYNAMIC_DIMS", "INPUT_NAMES", "OUTPUT_NAMES", "FeatureExtraction", "Pooling",
     "SentenceEncoder", "TextCollate", "block_pairs", "disable_dropout", "embedding_agreement",
     "embedding_task_metric", "encode_batch", "encoder_kd_config", "encoder_kd_terms", "export_encoder",
-    "export_inputs", "is_hf_model_dir", "layer_map", "layer_names", "layer_student", "load_sentence_encoder",
-    "load_tokenizer", "make_student", "mix_text", "model_ref", "pooling_config", "read_layout", "sentence_encoder",
-    "tokenize_texts", "write_optimum_layout",
+    "export_inputs", "is_hf_model_dir", "layer_map", "layer_names", "layer_student", "load_model_dir",
+    "load_sentence_encoder", "load_tokenizer", "make_student", "mix_text", "model_ref", "pooling_config",
+    "read_layout", "sentence_encoder", "tokenize_texts", "write_optimum_layout",
 ]

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.checkpoint import LoadedModel, register_directory_loader
 from edgekd.errors import BadInput
 from edgekd.models import ModelRef
 
@@ -260,3 +261,13 @@ def sentence_encoder(*, path: str, attn_implementation: str = "eager") -> Senten
 def model_ref(encoder: SentenceEncoder) -> ModelRef:
     """The `ModelRef` for `save_checkpoint` of `encoder` or of any student derived from its directory."""
     return ModelRef("edgekd.hf:sentence_encoder", {"path": encoder.source_dir})
+
+
+@register_directory_loader
+def load_model_dir(path: Path) -> LoadedModel | None:
+    """`edgekd.checkpoint.load_model(dir)` for HF / sentence-transformers directories (None for others),
+    so `edgekd compress --teacher DIR` works; the ref rebuilds the teacher when a student reloads."""
+    if not is_hf_model_dir(path):
+        return None
+    encoder = load_sentence_encoder(path=path)
+    return LoadedModel(encoder, model_ref(encoder), [], {"hf": encoder.describe()})

@@ -107,6 +107,9 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
                     weight_quantizer=weight_quantizer, bn=bn, activation=entry["activation"],
                     output_quantizer=activation_quantizer(None) if entry["output_quantizer"] else None)
         new.train(layer.training)
+        device = next((p.device for p in layer.parameters()), None)
+        if device is not None:  # new quantizer buffers start on the CPU; keep the layer where it was
+            new.to(device)
         _set_submodule(model, name, new)
     setattr(model, PLAN_ATTR, copy.deepcopy(plan))
     return model
