@@ -28,7 +28,7 @@ class PruneSection(_Section):
 
 
 class QuantSection(_Section):
-    epochs: int = Field(default=4, ge=0)
+    epochs: int = Field(default=3, ge=0)
     lr: float = Field(default=5e-4, gt=0)
     warmup_epochs: int = Field(default=1, ge=0)
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
@@ -54,7 +54,7 @@ class Recipe(_Section):
     labeled_fraction: float = Field(default=1.0, gt=0, le=1)
     # edgekd.distill.DistillConfig fields (epochs, lr, temperature, alpha, losses, mode, ...),
     # validated by the distillation stage itself so the recipe and the API never drift apart.
-    distill: dict = Field(default_factory=lambda: {"epochs": 15, "patience": 5})  # the demo: about a minute
+    distill: dict = Field(default_factory=lambda: {"epochs": 12, "patience": None})  # the demo: about a minute
     prune: PruneSection = PruneSection()
     quant: QuantSection = QuantSection()
     bench: BenchSection = BenchSection()

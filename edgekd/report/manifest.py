@@ -48,9 +48,9 @@ def _default_artifacts(run_dir: Path) -> list[Path]:
     for root, dirs, files in os.walk(run_dir):
         dirs.sort()
         for name in sorted(files):
-            path = Path(root) / name
-            if _is_artifact(path.relative_to(run_dir)):
-                found.append(path)
+            relative = (Path(root) / name).relative_to(run_dir)
+            if _is_artifact(relative):
+                found.append(relative)  # relative to the run, which may itself be a relative path
     return found
 
 
