@@ -145,3 +145,33 @@ def test_compress_rejects_bad_references(run_cli, tmp_path):
     code, _, err = run_cli("compress", "--teacher", "edgekd.models:resnet", "--student", "prune:1.5",
                            "--target", "x86-cpu-onnxruntime", "--epochs", "1", "--out", str(tmp_path / "r"))
     assert_clean_error(code, err, "1.5")
+
+
+def test_stage_commands_reject_bad_input(run_cli, tmp_path):
+    code, _, err = run_cli("distill", "--student", "edgekd.models:resnet", "--data", "digits", "--epochs", "0",
+                           "--out", str(tmp_path / "d"))
+    assert_clean_error(code, err, "epochs")
+    code, _, err = run_cli("export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "e"), "--data", "digits")
+    assert_clean_error(code, err, "missing.pt")
+    not_a_checkpoint = tmp_path / "junk.pt"
+    not_a_checkpoint.write_bytes(b"junk")
+    code, _, err = run_cli("export", str(not_a_checkpoint), "--out", str(tmp_path / "e"), "--data", "digits")
+    assert_clean_error(code, err, "junk.pt", "not an edgekd checkpoint")
+    code, _, err = run_cli("quantize", "edgekd.models:resnet", "--data", "digits", "--mode", "int4")
+    assert_clean_error(code, err, "--mode 'int4'")
+    code, _, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0", "--data", "digits")
+    assert_clean_error(code, err, "ratio")
+
+
+def test_prune_then_export_through_the_cli(run_cli, tmp_path):
+    pruned = tmp_path / "pruned.pt"
+    code, out, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0.5", "--data", "digits",
+                             "--target", "x86-cpu-openvino", "--out", str(pruned))
+    assert code == 0, err
+    assert pruned.is_file() and pruned.with_suffix(".pt2").is_file()
+    report = json.loads(pruned.with_suffix(".json").read_text())
+    assert report["after"]["params"] < 0.35 * report["before"]["params"]
+    code, out, err = run_cli("export", str(pruned), "--out", str(tmp_path / "exp"), "--data", "digits",
+                             "--format", "onnx")
+    assert code == 0, err
+    assert (tmp_path / "exp" / "model.onnx").is_file() and "top-1 agreement 1.0000" in out
