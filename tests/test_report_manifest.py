@@ -3,6 +3,7 @@
 import hashlib
 import json
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,20 @@ def test_artifact_outside_or_missing_is_bad_input(run_dir, tmp_path_factory):
         with pytest.raises(BadInput, match=fragment):
             build_manifest(run_dir=run_dir, teacher=TEACHER, data=DATA, recipe={}, hyperparameters={}, seed=0,
                            artifacts=artifacts)
+
+
+def test_a_relative_run_directory_is_hashed_and_checked(tmp_path, monkeypatch):
+    """`edgekd compress --out runs/demo` passes a relative run directory."""
+    from edgekd.report import build_manifest, check_run, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/demo")
+    (run / "openvino").mkdir(parents=True)
+    (run / "model.onnx").write_bytes(b"onnx bytes")
+    (run / "openvino" / "model.xml").write_text("<xml/>")
+    manifest = build_manifest(run_dir=run, teacher={"ref": "t", "sha256": "a" * 64},
+                              data={"name": "d", "sha256": "b" * 64, "provenance": {}}, recipe={},
+                              hyperparameters={}, seed=0)
+    assert set(manifest["artifacts"]) == {"model.onnx", "openvino/model.xml"}
+    write_manifest(run_dir=run, manifest=manifest)
+    assert check_run(run_dir=run).status == "ok"

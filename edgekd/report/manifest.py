@@ -217,8 +217,7 @@ def check_run(
             problems.append(f"{key} changed since the run: {source} sha256 was {recorded[:12]}…, now {current[:12]}… "
                             "(distill again)")
 
-    unrecorded = [p.relative_to(run_dir).as_posix() for p in _default_artifacts(run_dir)
-                  if p.relative_to(run_dir).as_posix() not in manifest["artifacts"]]
+    unrecorded = [p.as_posix() for p in _default_artifacts(run_dir) if p.as_posix() not in manifest["artifacts"]]
     status = "corrupt" if missing or modified else "stale" if stale_inputs else "ok"
     return CheckResult(status=status, problems=problems, verified=verified, missing=missing, modified=modified,
                        stale_inputs=stale_inputs, unchecked_inputs=unchecked, unrecorded=unrecorded)
