@@ -175,3 +175,12 @@ def test_prune_then_export_through_the_cli(run_cli, tmp_path):
                              "--format", "onnx")
     assert code == 0, err
     assert (tmp_path / "exp" / "model.onnx").is_file() and "top-1 agreement 1.0000" in out
+
+
+def test_python_api_names_of_the_contract():
+    import edgekd
+
+    for name in ("compress", "distill", "prune", "quantize", "export", "benchmark", "load_target"):
+        assert callable(getattr(edgekd, name)), name
+    assert edgekd.load_target("x86-cpu-openvino").runtime == "openvino"
+    assert "response" in edgekd.distill.LOSSES  # the callable packages stay packages

@@ -4,17 +4,9 @@ The interface names `edgekd.export(...)` as a function while `edgekd.export` is 
 so the package itself is callable: `edgekd.export(model=..., ...)` is `export(model=..., ...)`.
 """
 
-import sys
-import types
-
+from edgekd._callable import make_package_callable
 from edgekd.export.exporter import ExportResult, export
 
 __all__ = ["export", "ExportResult"]
 
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, **kwargs) -> ExportResult:
-        return export(**kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_package_callable(__name__, export)

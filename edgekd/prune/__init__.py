@@ -38,3 +38,7 @@ from edgekd.prune.reshape import reshape_to_state_dict
 
 __all__ = ["prune", "PruneResult", "count_params_macs", "drop_layers", "calibration_loss", "save_program",
            "load_program", "load_pretrained", "reshape_to_state_dict"]
+
+from edgekd._callable import make_package_callable  # noqa: E402  (after the API it exposes)
+
+make_package_callable(__name__, prune)
