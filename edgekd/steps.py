@@ -337,9 +337,11 @@ def quantize_student(ctx: Context, student: Variant) -> Variant:
                           example_inputs=ctx.example_input, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
                           resume=ctx.resume)
         report = result.report.as_dict()
-        report["latency_choice"] = result.layer_choice.as_dict() if result.layer_choice else None
-        return Variant(result.model, student.ref, student.transforms + [checkpoint_transform(result.model)],
-                       {"history": result.history, "quantization": report})
+        choice = result.layer_choice
+        report["latency_choice"] = choice.as_dict() if choice else None
+        kept_float = bool(choice and (choice.whole_model or {}).get("all_float"))  # INT8 was slower here
+        transforms = student.transforms + ([] if kept_float else [checkpoint_transform(result.model)])
+        return Variant(result.model, student.ref, transforms, {"history": result.history, "quantization": report})
 
     return _stored(ctx, DEPLOYABLE, build)
 
@@ -489,7 +491,8 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         artifact = artifacts[name]
         ablation.append({
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
-            "size_mb": round(_size_mb(artifact), 4), "precision": "int8" if "int8" in name else "fp32",
+            "size_mb": round(_size_mb(artifact), 4),
+            "precision": "int8" if any(artifact.int8_executed.values()) else "fp32",
             "artifact": str(artifact.onnx.relative_to(out)),
             "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
             "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},
