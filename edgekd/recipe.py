@@ -46,7 +46,7 @@ class BenchSection(_Section):
 class Recipe(_Section):
     teacher: str = "edgekd.zoo:digits_teacher"
     student: str = "prune:0.5"
-    data: str = "digits"
+    data: str = "digits16"
     targets: list[str] = Field(default_factory=lambda: ["x86-cpu-openvino", "x86-cpu-onnxruntime", "intel-npu-core-ultra"])
     out: str = "runs/demo"
     seed: int = 0

@@ -22,7 +22,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))
 
 
-def digits_teacher(data: str = "digits", epochs: int = 20, seed: int = 0) -> nn.Module:
+def digits_teacher(data: str = "digits16", epochs: int = 20, seed: int = 0) -> nn.Module:
     """A ResNet-style teacher trained with cross-entropy on the digits training split (cached)."""
     from edgekd.data import load_data
     from edgekd.distill import DistillConfig, distill
