@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
+BENCH_STAMP := $(VENV)/.edgekd-bench-installed
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/edgekd compress
+
+# The peers comparison (benchmarks/peers.py; e.g. BENCH_ARGS=--quick): the bench extra adds NNCF,
+# constrained to the pinned torch.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/peers.py --time-demo $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -18,6 +18,7 @@ the C++ call), edgekd times the Python call with perf_counter_ns, which adds the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -100,6 +101,41 @@ def run_edgekd(xml: Path, target, seconds: int) -> dict:
             "settings": result.runtime_settings}
 
 
+def compare(xml: Path, target, *, seconds: int, rounds: int, workdir: Path,
+            log=functools.partial(print, flush=True)) -> dict:
+    """Alternate benchmark_app and edgekd.bench on `xml` for `rounds` rounds of `seconds` each.
+
+    `target` should compile static shapes, as benchmark_app does (-shape). Returns both medians,
+    their ratio, the per-round figures and whether the effective runtime settings matched.
+    """
+    shapes = input_shapes(xml, target.batch_size)
+    per_round = []
+    for index in range(rounds):
+        # Alternate which tool goes first so a load spike cannot favour one of them.
+        order = ("benchmark_app", "edgekd") if index % 2 == 0 else ("edgekd", "benchmark_app")
+        row = {}
+        for tool in order:
+            row[tool] = run_benchmark_app(xml, seconds, target.threads, shapes, workdir) if tool == "benchmark_app" \
+                else run_edgekd(xml, target, seconds)
+        row["ratio"] = row["edgekd"]["p50_ms"] / row["benchmark_app"]["p50_ms"]
+        per_round.append(row)
+        log(f"round {index + 1}/{rounds}: benchmark_app p50 {row['benchmark_app']['p50_ms']:.4f} ms, "
+            f"edgekd p50 {row['edgekd']['p50_ms']:.4f} ms, ratio {row['ratio']:.3f}")
+    app_p50 = statistics.median(r["benchmark_app"]["p50_ms"] for r in per_round)
+    ours_p50 = statistics.median(r["edgekd"]["p50_ms"] for r in per_round)
+    compared = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
+    app_settings, our_settings = per_round[0]["benchmark_app"]["settings"], per_round[0]["edgekd"]["settings"]
+    return {
+        "input_shapes": shapes, "seconds_per_measurement": seconds, "rounds": per_round,
+        "benchmark_app_p50_ms": app_p50, "edgekd_p50_ms": ours_p50, "ratio": ours_p50 / app_p50,
+        "median_round_ratio": statistics.median(r["ratio"] for r in per_round),  # robust to load drifting
+        "tolerance": TOLERANCE, "within_tolerance": abs(ours_p50 / app_p50 - 1) <= TOLERANCE,
+        "compared_settings": {key: {"benchmark_app": app_settings.get(key), "edgekd": our_settings.get(key)}
+                              for key in compared},
+        "settings_differ": [key for key in compared if app_settings.get(key) != our_settings.get(key)],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="an OpenVINO .xml to measure (default: build a small ResNet IR)")
@@ -122,47 +158,30 @@ def main(argv: list[str] | None = None) -> int:
                                        "static_shapes": True})
     with tempfile.TemporaryDirectory(prefix="edgekd-bva-") as tmp:
         xml = args.model or build_ir(Path(tmp))
-        shapes = input_shapes(xml, target.batch_size)
-        per_round = []
-        for index in range(rounds):
-            # Alternate which tool goes first so a load spike cannot favour one of them.
-            order = ("benchmark_app", "edgekd") if index % 2 == 0 else ("edgekd", "benchmark_app")
-            row = {}
-            for tool in order:
-                row[tool] = run_benchmark_app(xml, seconds, target.threads, shapes, Path(tmp)) if tool == "benchmark_app" \
-                    else run_edgekd(xml, target, seconds)
-            row["ratio"] = row["edgekd"]["p50_ms"] / row["benchmark_app"]["p50_ms"]
-            per_round.append(row)
-            print(f"round {index + 1}/{rounds}: benchmark_app p50 {row['benchmark_app']['p50_ms']:.4f} ms, "
-                  f"edgekd p50 {row['edgekd']['p50_ms']:.4f} ms, ratio {row['ratio']:.3f}", flush=True)
+        result = compare(xml, target, seconds=seconds, rounds=rounds, workdir=Path(tmp))
 
-    app_p50 = statistics.median(r["benchmark_app"]["p50_ms"] for r in per_round)
-    ours_p50 = statistics.median(r["edgekd"]["p50_ms"] for r in per_round)
-    ratio = ours_p50 / app_p50
-    paired = statistics.median(r["ratio"] for r in per_round)  # robust to load drifting between rounds
-    agree = abs(ratio - 1) <= TOLERANCE
+    per_round, ratio, agree = result["rounds"], result["ratio"], result["within_tolerance"]
+    mismatched = result["settings_differ"]
     print()
     print(f"{'tool':<15}{'p50 ms (median of rounds)':>28}")
-    print(f"{'benchmark_app':<15}{app_p50:>28.4f}")
-    print(f"{'edgekd bench':<15}{ours_p50:>28.4f}")
-    compared = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS")
-    app_settings, our_settings = per_round[0]["benchmark_app"]["settings"], per_round[0]["edgekd"]["settings"]
-    mismatched = [key for key in compared if app_settings.get(key) != our_settings.get(key)]
-    print("settings: " + ", ".join(f"{key} {app_settings.get(key)} / {our_settings.get(key)}" for key in compared)
+    print(f"{'benchmark_app':<15}{result['benchmark_app_p50_ms']:>28.4f}")
+    print(f"{'edgekd bench':<15}{result['edgekd_p50_ms']:>28.4f}")
+    print("settings: " + ", ".join(f"{key} {v['benchmark_app']} / {v['edgekd']}"
+                                   for key, v in result["compared_settings"].items())
           + " (benchmark_app / edgekd)" + (f"  DIFFER: {mismatched}" if mismatched else ""))
-    print(f"ratio edgekd / benchmark_app = {ratio:.3f}  "
-          f"({'within' if agree else 'OUTSIDE'} the {TOLERANCE:.0%} tolerance); median of per-round ratios {paired:.3f}")
+    print(f"ratio edgekd / benchmark_app = {ratio:.3f}  ({'within' if agree else 'OUTSIDE'} the {TOLERANCE:.0%} "
+          f"tolerance); median of per-round ratios {result['median_round_ratio']:.3f}")
     write_json(args.out, {
         "model": str(args.model or "built: edgekd.models.resnet(width=32, blocks=(2,2,2), in_channels=3), 1x3x64x64"),
-        "target": target.name, "precision": "fp32", "input_shapes": shapes,
+        "target": target.name, "precision": "fp32", "input_shapes": result["input_shapes"],
         "settings": {"edgekd": {**per_round[0]["edgekd"]["settings"], "api": "sync",
                                 "timer": "perf_counter_ns around InferRequest.infer()"},
                      "benchmark_app": {**per_round[0]["benchmark_app"]["settings"],
                                        "command": per_round[0]["benchmark_app"]["command"],
                                        "timer": "InferRequest.latency"}},
         "seconds_per_measurement": seconds, "rounds": per_round,
-        "benchmark_app_p50_ms": app_p50, "edgekd_p50_ms": ours_p50, "ratio": ratio,
-        "median_round_ratio": paired,
+        "benchmark_app_p50_ms": result["benchmark_app_p50_ms"], "edgekd_p50_ms": result["edgekd_p50_ms"],
+        "ratio": ratio, "median_round_ratio": result["median_round_ratio"],
         "tolerance": TOLERANCE, "within_tolerance": agree, "settings_differ": mismatched, "quick": args.quick, "host": isa_summary(),
         "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
     })
