@@ -373,10 +373,10 @@ def peer_rows(teacher_onnx: Path, work: Path, feeds: list[dict], *, scheme, weig
 
 def cnn_teacher(workload: CnnWorkload, data, seed: int) -> Path:
     """The workload's teacher, trained once with cross-entropy and cached like edgekd.zoo's."""
-    import torch
+    from prune_cnn import train_teacher
 
     from edgekd.checkpoint import save_checkpoint
-    from edgekd.distill import DistillConfig, distill, evaluate
+    from edgekd.distill import evaluate
     from edgekd.zoo import cache_dir
 
     ref = workload.teacher
@@ -387,10 +387,8 @@ def cnn_teacher(workload: CnnWorkload, data, seed: int) -> Path:
         log(f"  teacher: cached {path}")
         return path
     log(f"  training the teacher ({ref.factory} {ref.kwargs}, {workload.teacher_epochs} epochs) ...")
-    torch.manual_seed(seed)
-    config = DistillConfig(epochs=workload.teacher_epochs, kd=False, lr=3e-3, patience=None, seed=seed)
     started = time.perf_counter()
-    model = distill(student=ref.build(), data=data, config=config, progress=False).model.eval()
+    model = train_teacher(ref, data, epochs=workload.teacher_epochs, seed=seed)
     accuracy = evaluate(model, data.x_test, data.y_test)["accuracy"]
     log(f"  teacher trained in {time.perf_counter() - started:.0f} s, test accuracy {accuracy:.4f}")
     save_checkpoint(path, model, ref=ref, meta={"trained_on": workload.data, "epochs": workload.teacher_epochs,
