@@ -16,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import BadInput
-from edgekd.targets import read_yaml, validation_message
+from edgekd.targets import bundled_dir, read_yaml, validation_message
 
-CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration"
+CALIBRATION_DIR = bundled_dir("calibration")
 UNLABELED = -1
 
 

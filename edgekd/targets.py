@@ -17,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgekd.errors import BadInput
 from edgekd.host import HostInfo, detect_host
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+def bundled_dir(name: str) -> Path:
+    """The built-in `targets/` or `calibration/` specs: the copy a wheel carries in edgekd/_builtin/,
+    else the repository's top-level folder (a checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_builtin" / name
+    return installed if installed.is_dir() else package.parent / name
+
+
+TARGETS_DIR = bundled_dir("targets")
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,81 @@
+"""SLO verdicts: compare measured figures with a target profile's limits.
+
+A verdict is only `pass` when every device figure the profile limits was actually measured on
+the device: an absent device or a missing figure is `not-measured`, never a silent pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from edgekd.targets import Slo
+
+Verdict = Literal["pass", "fail", "not-measured"]
+
+# Figures that `edgekd bench` measures itself; each must be present for a `pass`.
+DEVICE_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
+# The model's metric retention comes from evaluation, not from the benchmark: it is checked
+# only when the caller passes it in.
+RETENTION_KEY = "min_metric_retention"
+
+
+@dataclass(frozen=True)
+class SloCheck:
+    key: str
+    limit: float
+    value: Optional[float]
+    ok: Optional[bool]  # None: not measured
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "limit": self.limit, "value": self.value, "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class SloVerdict:
+    verdict: Verdict
+    checks: list[SloCheck] = field(default_factory=list)
+    reason: Optional[str] = None  # why not measured, which checks failed, or what was skipped
+
+    @property
+    def failed(self) -> list[SloCheck]:
+        return [c for c in self.checks if c.ok is False]
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks], "reason": self.reason}
+
+
+def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
+              unavailable_reason: str | None = None) -> SloVerdict:
+    """Check each limit `slo` sets against `figures` (keys as in DEVICE_KEYS; None = not measured).
+
+    Latency, memory and size are upper bounds; `min_metric_retention` is a lower bound checked
+    against `metric_retention`. With `unavailable_reason` the verdict is `not-measured` whatever
+    the figures say, because nothing ran on the intended device.
+    """
+    checks: list[SloCheck] = []
+    for key in DEVICE_KEYS:
+        limit = getattr(slo, key)
+        if limit is None:
+            continue
+        value = figures.get(key)
+        checks.append(SloCheck(key, limit, value, None if value is None else value <= limit))
+    if slo.min_metric_retention is not None:
+        limit = slo.min_metric_retention
+        ok = None if metric_retention is None else metric_retention >= limit
+        checks.append(SloCheck(RETENTION_KEY, limit, metric_retention, ok))
+
+    if unavailable_reason:
+        return SloVerdict("not-measured", checks, f"device not available: {unavailable_reason}")
+    failed = [c.key for c in checks if c.ok is False]
+    if failed:
+        return SloVerdict("fail", checks, f"over the limit: {', '.join(failed)}")
+    missing = [c.key for c in checks if c.ok is None and c.key != RETENTION_KEY]
+    if missing:
+        return SloVerdict("not-measured", checks, f"not measured: {', '.join(missing)}")
+    notes = []
+    if not checks:
+        notes.append("the profile sets no SLO")
+    if any(c.key == RETENTION_KEY and c.ok is None for c in checks):
+        notes.append(f"{RETENTION_KEY} not checked: no metric retention was given")
+    return SloVerdict("pass", checks, "; ".join(notes) or None)

@@ -1,0 +1,364 @@
+"""The `edgekd` command line: parse arguments, call the Python API, map errors to exit codes.
+
+Exit codes (the contract): 0 done; 1 ran but an SLO or parity gate failed; 2 bad input, with a
+one-line message on stderr and no traceback unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgekd.errors import BadInput, EdgeKDError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune, distill, quantize, export and benchmark PyTorch models for edge targets.")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
+    _state["debug"] = debug
+
+
+@app.command()
+def targets(as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON.")):
+    """List target profiles and whether each device is present on this host."""
+    from edgekd.host import detect_host, isa_summary
+    from edgekd.targets import availability, list_targets
+
+    host = detect_host()
+    rows = []
+    for target in list_targets():
+        available, reason, warnings = availability(target, host)
+        rows.append({
+            "name": target.name, "device": target.device, "runtime": target.runtime,
+            "runtime_device": target.runtime_device, "precision": target.precision,
+            "available": available, "reason": reason, "warnings": warnings,
+        })
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Target profiles on {isa_summary(host)}")
+    for col in ("name", "device", "runtime / device", "precision", "available", "why not / notes"):
+        table.add_column(col)
+    for row in rows:
+        note = row["reason"] or "; ".join(row["warnings"])
+        table.add_row(row["name"], row["device"], f"{row['runtime']} / {row['runtime_device']}", row["precision"],
+                      "[green]yes[/]" if row["available"] else "[red]no[/]", note)
+    console.print(table)
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="An .onnx model or an OpenVINO .xml IR."),
+    target: str = typer.Option(..., "--target", "-t", help="Target profile name or path to a profile YAML."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Real samples: a dataset reference, or an .npz of named inputs."),
+    dim: List[str] = typer.Option([], "--dim", help="Dynamic axis size, NAME=SIZE or INPUT:AXIS=SIZE (repeatable)."),
+    seconds: float = typer.Option(3.0, "--time", help="Time budget of the timed loop, in seconds."),
+    iterations: int = typer.Option(100, "--iterations", help="Minimum number of timed runs."),
+    warmup: int = typer.Option(20, "--warmup", help="Untimed warm-up runs."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory in an isolated process."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Profile the slowest layers."),
+    top: int = typer.Option(10, "--top", help="How many slowest layers to show."),
+    retention: Optional[float] = typer.Option(None, "--retention", help="Metric retention to check against the SLO."),
+):
+    """Latency, throughput, memory, per-layer time and SLO verdict of one artifact on one target."""
+    from edgekd.bench import benchmark, load_samples, parse_dims, render_bench
+    from edgekd.io import write_json
+    from edgekd.targets import load_target
+
+    result = benchmark(model=model, target=load_target(target), inputs=load_samples(data=data) if data else None,
+                       dynamic_dims=parse_dims(dim) or None, warmup=warmup, min_iterations=iterations,
+                       time_budget_s=seconds, measure_memory=memory, profile_layers=layers, top_layers=top,
+                       metric_retention=retention)
+    render_bench(result, console)
+    if json_out is not None:
+        write_json(json_out, result.to_dict())
+    if result.slo.verdict == "fail":
+        raise typer.Exit(1)  # "not-measured" is not a failure of the model
+
+
+def _example_input(dataset):
+    import torch
+
+    return torch.from_numpy(dataset.x_val[:1])
+
+
+@app.command()
+def distill(
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or model dir."),
+    student: str = typer.Option(..., "--student", help="module:factory or checkpoint of the student."),
+    data: str = typer.Option(..., "--data", help="Dataset spec name/YAML, .npz, or text file."),
+    out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output directory."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML with a 'distill:' section."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="offline | self | online | multistage."),
+    assistant: Optional[str] = typer.Option(None, "--assistant", help="Teacher-assistant model (multistage)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft (KD) term vs hard-label CE."),
+    no_kd: bool = typer.Option(False, "--no-kd", help="Train the undistilled baseline (CE only)."),
+    labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="Keep labels on this fraction."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
+):
+    """Knowledge distillation only: train the FP32 student, write OUT/student.pt."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.distill import config_from_mapping, distill as run_distill
+    from edgekd.io import write_json
+    from edgekd.recipe import load_recipe
+
+    settings = dict(load_recipe(recipe).distill) if recipe else {}
+    flags = {"mode": mode, "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "seed": seed}
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if no_kd:
+        settings["kd"] = False
+    config = config_from_mapping(settings, source=str(recipe or "command line"))
+    dataset = load_data(data, labeled_fraction=labeled_fraction)
+    source = load_model(student)
+    result = run_distill(student=source.model, teacher=load_model(teacher).model if teacher else None,
+                         assistant=load_model(assistant).model if assistant else None, data=dataset,
+                         config=config, out_dir=out, resume=resume)
+    save_checkpoint(out / "student.pt", result.model, ref=source.ref, transforms=source.transforms,
+                    meta={"best_epoch": result.best_epoch, "metrics": result.metrics})
+    write_json(out / "distill.json", {"history": result.history, "metrics": result.metrics})
+    console.print(f"best epoch {result.best_epoch}: {result.metrics}")
+    console.print(f"wrote {out / 'student.pt'}")
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help="module:factory or checkpoint to prune."),
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels/heads/neurons to remove, in (0, 1)."),
+    data: str = typer.Option(..., "--data", help="Data for input shapes, Taylor importance and KD recovery."),
+    out: Path = typer.Option(Path("runs/prune/pruned.pt"), "--out", "-o", help="Output checkpoint (.pt)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Round channels to this profile's channel_multiple."),
+    channel_multiple: Optional[int] = typer.Option(None, "--channel-multiple", help="Override the rounding."),
+    importance: str = typer.Option("magnitude", "--importance", help="magnitude | bn_scale | taylor."),
+    global_pruning: bool = typer.Option(False, "--global", help="One global ranking instead of per-layer ratios."),
+    steps: int = typer.Option(1, "--steps", help="Iterative pruning steps."),
+    recovery_epochs: int = typer.Option(0, "--recovery-epochs", help="KD epochs against the unpruned model per step."),
+    ignore: List[str] = typer.Option([], "--ignore", help="Layer to leave unpruned (repeatable)."),
+):
+    """Structured pruning (+ optional KD recovery): a smaller model, saved as a checkpoint and a .pt2 program."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.io import write_json
+    from edgekd.prune import save_program
+    from edgekd.steps import prune_with_recovery
+    from edgekd.targets import load_target
+
+    source = load_model(model)
+    dataset = load_data(data)
+    result = prune_with_recovery(
+        teacher=source.model, data=dataset, ratio=ratio, importance=importance, global_pruning=global_pruning,
+        channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1),
+        steps=steps, recovery_epochs=recovery_epochs, ignore_layers=ignore)
+    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [result.transform],
+                    meta={"prune": result.report})
+    program = save_program(model=result.model, example_inputs=_example_input(dataset), path=out.with_suffix(".pt2"))
+    write_json(out.with_suffix(".json"), result.report)
+    before, after = result.report["before"], result.report["after"]
+    console.print(f"params {before['params']:,} -> {after['params']:,} ({result.report['params_ratio']:.2f}x), "
+                  f"MACs {before['macs']:,} -> {after['macs']:,} ({result.report['macs_ratio']:.2f}x)")
+    console.print(f"wrote {out} (checkpoint), {program} (code-free program), {out.with_suffix('.json')} (report)")
+
+
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="module:factory or checkpoint of the FP32 model."),
+    data: str = typer.Option(..., "--data", help="Calibration / QAT data."),
+    target: str = typer.Option("x86-cpu-onnxruntime", "--target", help="Profile whose INT8 scheme to follow."),
+    out: Path = typer.Option(Path("runs/quantize/quantized.pt"), "--out", "-o", help="Output checkpoint (.pt)."),
+    mode: str = typer.Option("qat", "--mode", help="qat (QAT+KD) or ptq (calibration only)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="KD teacher for QAT (default: the FP32 model)."),
+    epochs: int = typer.Option(4, "--epochs", help="QAT epochs."),
+    lr: float = typer.Option(1e-4, "--lr", help="QAT learning rate."),
+    observer: str = typer.Option("minmax", "--observer", help="minmax | percentile | mse."),
+    latency_aware: bool = typer.Option(True, "--latency-aware/--no-latency-aware",
+                                       help="Keep float the layer kinds INT8 slows down on the target."),
+    resume: bool = typer.Option(False, "--resume"),
+):
+    """PTQ or QAT+KD to the target's INT8 scheme; writes a fake-quant checkpoint."""
+    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.data import load_data
+    from edgekd.quant import QuantConfig, checkpoint_transform, qat_distill_config, quantize as run_quantize
+    from edgekd.targets import availability, load_target
+
+    if mode not in ("qat", "ptq"):
+        raise BadInput(f"--mode '{mode}': expected qat or ptq")
+    profile = load_target(target)
+    source = load_model(model)
+    dataset = load_data(data)
+    measurable = latency_aware and availability(profile)[0]
+    config = QuantConfig.for_target(profile, mode=mode, observer=observer, latency_aware=measurable,
+                                    distill=qat_distill_config(epochs=epochs, lr=lr))
+    result = run_quantize(model=source.model, data=dataset, config=config,
+                          teacher=load_model(teacher).model if teacher else None,
+                          target=profile if measurable else None, example_inputs=_example_input(dataset),
+                          out_dir=out.parent / f"{out.stem}-work", resume=resume)
+    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [checkpoint_transform(result.model)],
+                    meta={"quantization": result.report.as_dict()})
+    console.print(result.report.summary())
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="An edgekd checkpoint (.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    data: str = typer.Option(..., "--data", help="Held-out data for the parity gate (and the input shape)."),
+    formats: str = typer.Option("onnx,openvino", "--format", help="Comma-separated: onnx, openvino."),
+    target: Optional[str] = typer.Option(None, "--target", help="Use this profile's static_shapes setting."),
+    static_shapes: bool = typer.Option(False, "--static-shapes", help="Fix every input shape."),
+    name: str = typer.Option("model", "--name", help="Artifact file stem."),
+):
+    """ONNX (QDQ where quantized) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
+    from edgekd.data import load_data
+    from edgekd.export import export as run_export
+    from edgekd.targets import load_target
+
+    wanted = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = [f for f in wanted if f not in ("onnx", "openvino")]
+    if unknown or not wanted:
+        raise BadInput(f"--format '{formats}': expected a comma-separated list of onnx, openvino")
+    dataset = load_data(data)
+    static = static_shapes or (load_target(target).static_shapes if target else False)
+    result = run_export(model=checkpoint, example_inputs=_example_input(dataset), out_dir=out, formats=wanted,
+                        parity_inputs=dataset.x_test, static_shapes=static, name=name, task=dataset.task)
+    for runtime, figures in result.parity.items():
+        console.print(f"{runtime}: top-1 agreement {figures.get('top1_agreement', float('nan')):.4f}, "
+                      f"cosine {figures.get('cosine', float('nan')):.6f}, "
+                      f"INT8 executed: {result.int8_executed.get(runtime)}")
+    console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else ""))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run directory (holds report.json).")):
+    """Re-render report.md / report.html / plots from report.json."""
+    from edgekd.report import render_report
+
+    for path in render_report(run_dir=run_dir).values():
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def check(run_dir: Path = typer.Argument(..., help="A finished run directory (holds manifest.json)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    """Verify artifact hashes against manifest.json; 'stale' if the teacher or data changed."""
+    from edgekd.checkpoint import load_model, model_sha256
+    from edgekd.data import load_data
+    from edgekd.report import check_run, read_manifest
+
+    manifest = read_manifest(run_dir=run_dir)
+    teacher_sha = data_sha = None
+    try:
+        teacher_sha = model_sha256(load_model(manifest["teacher"]["ref"]).model)
+    except BadInput as err:
+        err_console.print(f"teacher not re-checked: {err}")
+    try:
+        data_sha = load_data(manifest["data"].get("ref", manifest["data"]["name"])).sha256
+    except BadInput as err:
+        err_console.print(f"data not re-checked: {err}")
+    result = check_run(run_dir=run_dir, current_teacher_sha256=teacher_sha, current_data_sha256=data_sha)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        colour = {"ok": "green", "stale": "yellow"}.get(result.status, "red")
+        console.print(f"[bold {colour}]{result.status}[/]: {len(result.verified)} artifacts verified")
+        for problem in result.problems:
+            console.print(f"  - {problem}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def compress(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the embedded example)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or HF model dir."),
+    student: Optional[str] = typer.Option(None, "--student", help="module:factory, checkpoint, prune:R or layers:N."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset spec name/YAML, .npz, or text file."),
+    target: List[str] = typer.Option([], "--target", "-t", help="Target profile name or YAML (repeatable)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override distill.epochs."),
+    qat_epochs: Optional[int] = typer.Option(None, "--qat-epochs", help="Override quant.epochs."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+):
+    """The whole pipeline: prune, distill, QAT+KD, export, benchmark per target, report."""
+    from edgekd.pipeline import compress as run_compress
+    from edgekd.recipe import load_recipe
+
+    resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
+                           seed=seed, distill_epochs=epochs, quant_epochs=qat_epochs)
+    result = run_compress(recipe=resolved, resume=resume, console=err_console)
+    _print_summary(result.report)
+    console.print(f"run directory: {result.out}  (report.md, report.html, report.json, manifest.json)")
+    raise typer.Exit(result.exit_code)
+
+
+def _print_summary(report: dict) -> None:
+    targets = [name for name in report["ablation"][0]["latency_p50_ms"]]
+    table = Table(title="Ablation (exported artifacts, same held-out data)")
+    table.add_column("variant")
+    table.add_column(report["ablation"][0]["metric"]["name"], justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("size MB", justify="right")
+    for name in targets:
+        table.add_column(f"p50 ms {name}", justify="right")
+    for row in report["ablation"]:
+        table.add_row(row["variant"], f"{row['metric']['value']:.4f}", f"{row['params']:,}", f"{row['size_mb']:.3f}",
+                      *[f"{row['latency_p50_ms'][t]:.3f}" for t in targets])
+    console.print(table)
+    verdicts = Table(title="Deployable student against each target's SLOs")
+    for col in ("target", "p50 ms", "p95 ms", "peak MB", "verdict"):
+        verdicts.add_column(col)
+    for entry in report["targets"]:
+        lat = entry.get("latency_ms") or {}
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        verdicts.add_row(entry["name"], fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
+                         entry["slo"]["verdict"] + ("" if entry["available"] else f" ({entry['reason']})"))
+    console.print(verdicts)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console-script entry point: run the app, turning edgekd errors into exit codes."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # Without standalone mode, click returns a command's typer.Exit code instead of exiting.
+        returned = app(args=args, standalone_mode=False)
+    except EdgeKDError as err:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished stages and checkpoints are kept; re-run with --resume")
+        return 130
+    except (typer.Exit, SystemExit) as stop:
+        code = getattr(stop, "exit_code", None)
+        return int(code if code is not None else getattr(stop, "code", 0) or 0)
+    except Exception as err:
+        # Typer's (vendored) click reports usage errors as exceptions with show() and exit_code.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
+            err.show()
+            return 2
+        if type(err).__name__ == "Abort":
+            return 130
+        raise
+    return returned if isinstance(returned, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

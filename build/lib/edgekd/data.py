@@ -1,0 +1,263 @@
+"""Datasets: named specs in `calibration/`, `.npz` arrays and text files, split deterministically.
+
+Every dataset becomes a `Dataset` of numpy arrays with fixed train/val/test splits and a content
+hash, so a run records exactly which data snapshot it saw. Labels of -1 mark unlabeled samples:
+they are distilled from the teacher alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import BadInput
+from edgekd.targets import bundled_dir, read_yaml, validation_message
+
+CALIBRATION_DIR = bundled_dir("calibration")
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    task: Literal["classification", "embedding"]
+    x_train: np.ndarray
+    y_train: Optional[np.ndarray]  # -1 marks an unlabeled sample
+    x_val: np.ndarray
+    y_val: Optional[np.ndarray]
+    x_test: np.ndarray
+    y_test: Optional[np.ndarray]
+    num_classes: Optional[int]
+    sha256: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of array inputs; () for text."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_text(self) -> bool:
+        return self.x_train.dtype.kind in ("U", "S", "O")
+
+    def with_labeled_fraction(self, fraction: float, *, seed: int = 0) -> "Dataset":
+        """Keep labels on `fraction` of the training set (stratified), mark the rest unlabeled."""
+        if not 0 < fraction <= 1:
+            raise BadInput(f"labeled_fraction must be in (0, 1], got {fraction}")
+        if self.y_train is None or fraction == 1:
+            return self
+        rng = np.random.default_rng(seed)
+        y = self.y_train.copy()
+        for cls in np.unique(y[y >= 0]):
+            idx = np.flatnonzero(y == cls)
+            drop = rng.permutation(idx)[max(1, round(len(idx) * fraction)):]
+            y[drop] = UNLABELED
+        return replace(self, y_train=y)
+
+
+class _Split(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    seed: int = 0
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+
+class DatasetSpec(BaseModel):
+    """A `calibration/*.yaml` file: where the data comes from, not the data itself."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    description: str = ""
+    loader: Literal["sklearn-digits", "text-fortunes", "npz", "text-lines"]
+    path: Optional[str] = None
+    task: Literal["classification", "embedding"]
+    provenance: dict = Field(default_factory=dict)
+    options: dict = Field(default_factory=dict)
+    split: _Split = _Split()
+    labeled_fraction: float = Field(default=1.0, gt=0, le=1)
+    content_sha256: Optional[str] = None
+    max_samples: Optional[int] = Field(default=None, ge=10)
+
+
+def content_hash(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for arr in arrays:
+        if arr is None:
+            continue
+        arr = np.ascontiguousarray(arr)
+        digest.update(str((arr.dtype.str, arr.shape)).encode())
+        digest.update(arr.tobytes() if arr.dtype.kind != "O" else "\n".join(map(str, arr)).encode())
+    return digest.hexdigest()
+
+
+def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split):
+    n = len(x)
+    order = np.random.default_rng(split.seed).permutation(n)
+    n_test = max(1, round(n * split.test_fraction))
+    n_val = max(1, round(n * split.val_fraction))
+    if n - n_test - n_val < 1:
+        raise BadInput(f"only {n} samples: too few for a train/val/test split")
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    pick = (lambda a, i: None if a is None else a[i])
+    return x[train], pick(y, train), x[val], pick(y, val), x[test], pick(y, test)
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    return F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
+
+
+def _load_sklearn_digits(spec: DatasetSpec, source: str):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x_raw, y = digits.data, digits.target.astype(np.int64)
+    raw_hash = content_hash(x_raw.astype(np.float64), y)
+    x = (x_raw.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    size = spec.options.get("resize")
+    if size is not None:
+        if not isinstance(size, int) or size < 8:
+            raise BadInput(f"{source}: key 'options.resize' must be an integer >= 8, got {size!r}")
+        x = _resize(x, size)
+    return x, y, raw_hash
+
+
+FORTUNES_DIRS = (Path("/usr/share/games/fortunes"), Path("/usr/share/fortunes"))
+
+
+def _load_fortunes(spec: DatasetSpec, source: str):
+    directory = next((d for d in FORTUNES_DIRS if d.is_dir()), None)
+    if directory is None:
+        raise BadInput(
+            f"{source}: Debian's 'fortunes' package is not installed "
+            "(install it with: sudo apt-get install -y fortunes)"
+        )
+    texts: list[str] = []
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.suffix == ""):
+        body = path.read_text(errors="replace")
+        for record in body.split("\n%\n"):
+            record = " ".join(record.replace("%", " ").split())
+            if 20 <= len(record) <= 600:
+                texts.append(record)
+    texts = sorted(set(texts))
+    x = np.array(texts)
+    return x, None, content_hash(x)
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise BadInput(f"{path}: an .npz dataset needs an array named 'x' (found: {', '.join(archive.files) or 'none'})")
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{path}: not a readable .npz archive: {err}") from None
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+            raise BadInput(f"{path}: array 'x' has NaN or Inf values in {bad} sample(s)")
+    elif x.dtype.kind in ("i", "u"):
+        x = x.astype(np.int64)
+    else:
+        raise BadInput(f"{path}: array 'x' has dtype {x.dtype}; expected a float or integer array")
+    if y is not None:
+        if y.dtype.kind not in ("i", "u") or y.ndim != 1:
+            raise BadInput(f"{path}: array 'y' must be 1-D integer class labels, got dtype {y.dtype} shape {y.shape}")
+        if len(y) != len(x):
+            raise BadInput(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+        y = y.astype(np.int64)
+    return x, y
+
+
+def _load_text_lines(path: Path) -> np.ndarray:
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path}: cannot read as UTF-8 text: {err}") from None
+    return np.array([line for line in lines if line])
+
+
+_SPEC_LOADERS: dict[str, Callable] = {
+    "sklearn-digits": _load_sklearn_digits,
+    "text-fortunes": _load_fortunes,
+}
+
+
+def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, source: str) -> Dataset:
+    if len(x) == 0:
+        raise BadInput(f"{source}: the dataset is empty")
+    if len(x) < 10:
+        raise BadInput(f"{source}: only {len(x)} samples; at least 10 are needed to split train/val/test")
+    task = "classification" if y is not None else "embedding"
+    num_classes = int(y.max()) + 1 if y is not None else None
+    if y is not None and y.min() < UNLABELED:
+        raise BadInput(f"{source}: labels must be >= 0 (or -1 for unlabeled), found {int(y.min())}")
+    parts = _split(x, y, split)
+    return Dataset(name, task, *parts, num_classes=num_classes, sha256=sha, provenance=provenance)
+
+
+def load_spec(path: Path) -> Dataset:
+    source = str(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise BadInput(f"{source}: a dataset spec must be a YAML mapping")
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as err:
+        raise BadInput(validation_message(source, err)) from None
+    if spec.loader in _SPEC_LOADERS:
+        x, y, sha = _SPEC_LOADERS[spec.loader](spec, source)
+    else:
+        if not spec.path:
+            raise BadInput(f"{source}: key 'path' is required for loader '{spec.loader}'")
+        data_path = (path.parent / spec.path).resolve()
+        x, y = _load_npz(data_path) if spec.loader == "npz" else (_load_text_lines(data_path), None)
+        sha = content_hash(x, y)
+    if spec.content_sha256 and spec.content_sha256 != sha:
+        raise BadInput(
+            f"{source}: key 'content_sha256': the data on this machine hashes to {sha[:16]}..., "
+            f"not {spec.content_sha256[:16]}... (the snapshot changed)"
+        )
+    if spec.max_samples and len(x) > spec.max_samples:
+        keep = np.sort(np.random.default_rng(spec.split.seed).permutation(len(x))[: spec.max_samples])
+        x = x[keep]
+        y = None if y is None else y[keep]
+    provenance = {"spec": spec.name, "loader": spec.loader, **spec.provenance, "options": spec.options}
+    dataset = _from_arrays(spec.name, x, y, split=spec.split, sha=sha, provenance=provenance, source=source)
+    if spec.task != dataset.task:
+        raise BadInput(f"{source}: key 'task': '{spec.task}' but the data {'has' if y is not None else 'has no'} labels")
+    return dataset.with_labeled_fraction(spec.labeled_fraction, seed=spec.split.seed)
+
+
+def load_data(ref: str | Path, *, labeled_fraction: float | None = None) -> Dataset:
+    """A dataset from a spec name in `calibration/`, a spec YAML, an `.npz`, or a text file."""
+    ref_str = str(ref)
+    path = Path(ref_str)
+    if path.suffix in (".yaml", ".yml"):
+        dataset = load_spec(path)
+    elif (CALIBRATION_DIR / f"{ref_str}.yaml").is_file() and not path.exists():
+        dataset = load_spec(CALIBRATION_DIR / f"{ref_str}.yaml")
+    elif path.is_file():
+        if path.suffix == ".npz":
+            x, y = _load_npz(path)
+            dataset = _from_arrays(path.stem, x, y, split=_Split(), sha=content_hash(x, y),
+                                   provenance={"file": str(path.resolve())}, source=str(path))
+        else:
+            x = _load_text_lines(path)
+            dataset = _from_arrays(path.stem, x, None, split=_Split(), sha=content_hash(x),
+                                   provenance={"file": str(path.resolve())}, source=str(path))
+    else:
+        known = ", ".join(sorted(p.stem for p in CALIBRATION_DIR.glob("*.yaml")))
+        raise BadInput(f"data '{ref_str}': no such file or dataset spec (specs: {known})")
+    if labeled_fraction is not None:
+        dataset = dataset.with_labeled_fraction(labeled_fraction)
+    return dataset

@@ -1,0 +1,167 @@
+"""The distillation recipe (`DistillConfig`, `LossTerm`) and what a run hands back (`DistillResult`).
+
+Plain dataclasses so a recipe can come from YAML, a CLI or Python alike; `validate_config`
+turns an impossible value into a `BadInput` that names the key, before any training starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from torch import nn
+
+from edgekd.errors import BadInput
+
+MODES = ("offline", "self", "online", "multistage")
+
+
+@dataclass
+class LossTerm:
+    """One distillation term beyond the recipe's response KD, looked up by `name` in `LOSSES`.
+
+    A layer of None means the model's output for output-level terms (response, rkd_*, cosine,
+    mse) and "every block, mapped by proportional depth" for feature terms (fitnets, attention).
+    A layer name may end in `#i` to take element i of a module's tuple output (e.g. the
+    attention probabilities a Hugging Face self-attention module returns second).
+    """
+
+    name: str
+    weight: float = 1.0
+    student_layer: str | None = None
+    teacher_layer: str | None = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class DistillConfig:
+    """Hyperparameters of one distillation run; the defaults are a sound start for edge CNNs.
+
+    loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labeled) + sum(extra terms).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64  # per process under torchrun (DistributedSampler convention)
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    temperature: float = 4.0
+    alpha: float = 0.9
+    kd: bool = True  # False: the undistilled baseline, hard-label CE on labeled samples only
+    response: bool = True  # the logit KD term; False for pure feature / embedding distillation
+    losses: list[LossTerm] = field(default_factory=list)
+    mode: str = "offline"  # offline | self | online | multistage
+    cache: bool = True  # offline teacher cache (ignored for training batches when augmenting)
+    augment: bool | Callable[[np.ndarray, np.random.Generator], np.ndarray] = False
+    patience: int | None = 8  # epochs without improvement before stopping; None: never stop early
+    seed: int = 0
+    num_workers: int = 0
+    collate: Callable[[np.ndarray], Any] | None = None  # numpy batch -> model input
+    layer_map: dict[str, str] = field(default_factory=dict)  # student layer -> teacher layer
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
+    grad_clip: float | None = None  # max global gradient norm
+    min_delta: float = 0.0  # smallest change of the monitored metric that counts as better
+    monitor: str | None = None  # validation metric for early stopping; None: the task's primary metric
+    restore_best: bool = True  # hand back the best validation epoch's weights, not the last
+    eval_batch_size: int = 256
+    cache_dir: str | Path | None = None  # None: <out_dir>/teacher_cache, else ~/.cache/edgekd/teacher_cache
+    peers: int = 2  # online mode: how many peers learn from each other
+    generations: int = 1  # self mode: born-again generations, each teaching the next
+    deterministic: bool = True  # torch.use_deterministic_algorithms for the run (warn-only)
+
+
+@dataclass
+class DistillResult:
+    model: nn.Module  # the trained student, best validation weights when restore_best
+    history: list[dict]  # one record per epoch: losses, lr, validation metrics, step timing
+    best_epoch: int  # 0-based epoch whose weights `model` holds
+    metrics: dict  # validation metrics at best_epoch (task metric, teacher_agreement)
+    stages: list["DistillResult"] = field(default_factory=list)  # earlier stages (assistant, generations)
+
+
+def close_matches(name: str, candidates, limit: int = 5) -> str:
+    """'close matches: a, b' for an error message, or a short sample of what exists."""
+    candidates = list(candidates)
+    near = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
+    if near:
+        return "close matches: " + ", ".join(near)
+    sample = ", ".join(candidates[:limit]) + (", ..." if len(candidates) > limit else "")
+    return f"available: {sample or 'none'}"
+
+
+def validate_config(config: DistillConfig, loss_names, *, source: str = "distill config") -> None:
+    """Reject impossible values up front, naming the key."""
+
+    def _require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise BadInput(f"{source}: key '{key}': {message}")
+
+    for key in ("kd", "response", "cache", "restore_best", "deterministic"):
+        _require(isinstance(getattr(config, key), bool), key, f"must be true or false, got {getattr(config, key)!r}")
+    _require(isinstance(config.seed, int) and not isinstance(config.seed, bool), "seed", f"must be an integer, got {config.seed!r}")
+    _require(config.monitor is None or isinstance(config.monitor, str), "monitor", f"must be a metric name, got {config.monitor!r}")
+    _require(config.cache_dir is None or isinstance(config.cache_dir, (str, Path)), "cache_dir",
+             f"must be a path, got {config.cache_dir!r}")
+    _require(isinstance(config.losses, list), "losses", "must be a list of loss terms")
+    positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    _require(positive_int(config.epochs), "epochs", f"must be an integer >= 1, got {config.epochs!r}")
+    _require(positive_int(config.batch_size), "batch_size", f"must be an integer >= 1, got {config.batch_size!r}")
+    _require(positive_int(config.eval_batch_size), "eval_batch_size", f"must be an integer >= 1, got {config.eval_batch_size!r}")
+    _require(finite(config.lr) and config.lr > 0, "lr", f"must be a positive number, got {config.lr!r}")
+    _require(finite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", f"must be >= 0, got {config.weight_decay!r}")
+    _require(finite(config.temperature) and config.temperature > 0, "temperature", f"must be > 0, got {config.temperature!r}")
+    _require(finite(config.alpha) and 0 <= config.alpha <= 1, "alpha", f"must be in [0, 1], got {config.alpha!r}")
+    _require(config.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {config.mode!r}")
+    _require(config.patience is None or positive_int(config.patience), "patience", f"must be None or an integer >= 1, got {config.patience!r}")
+    _require(isinstance(config.num_workers, int) and config.num_workers >= 0, "num_workers", f"must be an integer >= 0, got {config.num_workers!r}")
+    _require(finite(config.warmup_epochs) and 0 <= config.warmup_epochs < config.epochs, "warmup_epochs",
+             f"must be in [0, epochs), got {config.warmup_epochs!r}")
+    _require(config.grad_clip is None or (finite(config.grad_clip) and config.grad_clip > 0), "grad_clip",
+             f"must be None or > 0, got {config.grad_clip!r}")
+    _require(finite(config.min_delta) and config.min_delta >= 0, "min_delta", f"must be >= 0, got {config.min_delta!r}")
+    _require(positive_int(config.peers) and config.peers >= 2, "peers", f"online mode needs at least 2 peers, got {config.peers!r}")
+    _require(positive_int(config.generations), "generations", f"must be an integer >= 1, got {config.generations!r}")
+    _require(config.collate is None or callable(config.collate), "collate", "must be a callable (numpy batch -> model input)")
+    _require(isinstance(config.augment, bool) or callable(config.augment), "augment", "must be a bool or a callable(x, rng) -> x")
+    _require(isinstance(config.layer_map, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in config.layer_map.items()),
+             "layer_map", "must map student layer names to teacher layer names (str -> str)")
+    for i, term in enumerate(config.losses):
+        key = f"losses[{i}]"
+        _require(isinstance(term, LossTerm), key, f"must be a LossTerm, got {type(term).__name__}")
+        _require(term.name in loss_names, f"{key}.name", f"unknown loss '{term.name}' ({close_matches(term.name, sorted(loss_names))})")
+        _require(finite(term.weight) and term.weight >= 0, f"{key}.weight", f"must be a finite number >= 0, got {term.weight!r}")
+        _require(isinstance(term.params, dict), f"{key}.params", "must be a mapping")
+
+
+def config_from_mapping(mapping, *, source: str = "recipe") -> DistillConfig:
+    """A `DistillConfig` from plain data (e.g. a YAML recipe's distill section); unknown keys and
+    bad values are BadInput naming `source` and the key. Callables (collate) cannot come from data."""
+    from edgekd.distill.losses import LOSSES  # the registry imports this module
+
+    if not isinstance(mapping, dict):
+        raise BadInput(f"{source}: the distill settings must be a mapping, got {type(mapping).__name__}")
+    allowed = sorted(f.name for f in fields(DistillConfig) if f.name != "collate")
+    term_keys = sorted(f.name for f in fields(LossTerm))
+    for key in mapping:
+        if key not in allowed:
+            raise BadInput(f"{source}: unknown key '{key}' ({close_matches(str(key), allowed)})")
+    values = dict(mapping)
+    losses = values.get("losses", [])
+    if not isinstance(losses, list):
+        raise BadInput(f"{source}: key 'losses' must be a list of {{name, weight, student_layer, teacher_layer, params}}")
+    terms = []
+    for i, item in enumerate(losses):
+        if not isinstance(item, dict) or "name" not in item:
+            raise BadInput(f"{source}: key 'losses[{i}]' must be a mapping with a 'name'")
+        for key in item:
+            if key not in term_keys:
+                raise BadInput(f"{source}: unknown key 'losses[{i}].{key}' ({close_matches(str(key), term_keys)})")
+        terms.append(LossTerm(**item))
+    values["losses"] = terms
+    config = DistillConfig(**values)
+    validate_config(config, LOSSES, source=source)
+    return config

@@ -1,0 +1,24 @@
+"""The two ways edgekd stops early, mapped to the contract's exit codes.
+
+`BadInput` (exit 2) is the user's to fix: the message names the file, key or shape at
+fault. `GateFailed` (exit 1) means the run worked but its evidence says "do not ship":
+an SLO missed or an exported model that disagrees with PyTorch.
+"""
+
+
+class EdgeKDError(Exception):
+    """Base class; `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class BadInput(EdgeKDError):
+    """Malformed or missing input: a file, key, shape, ratio or reference at fault."""
+
+    exit_code = 2
+
+
+class GateFailed(EdgeKDError):
+    """A parity or SLO gate failed: the run finished but its result must not ship."""
+
+    exit_code = 1

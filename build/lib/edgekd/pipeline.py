@@ -1,0 +1,68 @@
+"""`edgekd compress`: the whole job, in the order the mission states it.
+
+    1. prune      make the student (given, `prune:R` from the teacher, or `layers:N`)
+    2. distill    KD into the FP32 student; the same loop without KD is the baseline
+    3. quantize   QAT+KD to INT8 as the target's kernels want; PTQ of the teacher as a baseline
+    4. export     ONNX (QDQ) and OpenVINO IR for every variant, parity-gated
+    5. benchmark  every variant as an exported artifact on every available target
+    6. report     report.json/.md/.html with plots, and manifest.json
+
+Each step is a call into its stage's public API; `RunState` makes every finished step durable
+so `--resume` picks up where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from edgekd import steps as S
+from edgekd.checkpoint import load_model, model_sha256
+from edgekd.data import load_data
+from edgekd.recipe import Recipe
+from edgekd.runstate import RunState
+from edgekd.targets import load_target
+
+
+@dataclass
+class CompressResult:
+    out: Path
+    report: dict
+    exit_code: int  # 0 all measured SLOs met; 1 an SLO failed
+
+
+def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Console | None = None) -> CompressResult:
+    """Run the pipeline described by `recipe` (default: the embedded example) into `recipe.out`."""
+    recipe = recipe or Recipe()
+    console = console or Console(stderr=True)
+    stages = S.StageLog(console, total=6)
+
+    teacher = load_model(recipe.teacher)
+    data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)
+    targets = [load_target(name) for name in recipe.targets]
+    plan = S.plan_targets(targets)
+    out = Path(recipe.out)
+    run = RunState(out, resume=resume, fingerprint={
+        "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256})
+    ctx = S.Context(recipe=recipe, data=data, teacher=teacher, plan=plan, run=run, console=console, resume=resume)
+
+    with stages.step("prune", "making the student"):
+        student = S.make_student(ctx)
+    with stages.step("distill", "KD into the FP32 student, and the no-KD baseline"):
+        no_kd = S.train_student(ctx, student, kd=False)
+        kd = S.train_student(ctx, student, kd=True)
+    with stages.step("quantize", f"QAT+KD to {plan.describe()}; PTQ of the teacher"):
+        int8 = S.quantize_student(ctx, kd)
+        teacher_int8 = S.quantize_teacher(ctx)
+    with stages.step("export", "ONNX (QDQ) + OpenVINO IR, parity-gated"):
+        artifacts = S.export_variants(ctx, {
+            "teacher-fp32": S.as_variant(teacher), "teacher-int8-ptq": teacher_int8,
+            "student-no-kd": no_kd, "student-kd-fp32": kd, "student-kd-qat-int8": int8})
+    with stages.step("benchmark", "every variant on every available target"):
+        measured = S.benchmark_variants(ctx, artifacts)
+    with stages.step("report", "report.json/.md/.html, plots, manifest"):
+        report = S.write_report(ctx, artifacts, measured, started=stages.started)
+    return CompressResult(out=out, report=report, exit_code=0 if S.all_slos_met(report) else 1)

@@ -1,0 +1,209 @@
+"""Latency-aware layer choice: keep in float what INT8 makes slower on the target's runtime.
+
+INT8 is not free: quantize/dequantize work at the edges of integer regions, and layouts the
+integer kernels want, can cost more than the kernel gains (ONNX Runtime's own static
+quantization makes a small ViT 2.2x slower on this kind of host). So each kind of layer
+(conv, depthwise_conv, grouped_conv, gemm, small_gemm, attention_matmul) is timed on the
+target's runtime, with the profile's batch size and threads, quantized versus left float.
+
+Measured in context, not as isolated single-layer models: exported alone, every 3x3 conv of a
+ResNet-32 measured 1.3-1.5x SLOWER in INT8 on ONNX Runtime (each pays a NCHW->NHWC transpose
+and Q/DQ at both edges), while the whole INT8 model ran 1.5x FASTER than FP32 (a chain of
+QLinearConvs stays in NHWC uint8). Single layers would have left the CNN float. So: time the
+FP32 model and the all-INT8 model; then, smallest kinds first, leave one more kind float and
+keep that only if the model gets clearly faster (by more than `margin`, 5%); finally, if INT8 with those choices
+is measurably slower than FP32 (by more than `margin`), the whole model stays float, so the quantized
+student is never slower than its FP32 self on a measured target beyond timing noise. Each timing is the min over interleaved rounds of
+p50s (edgekd.bench.measure_latency), which damps noise from a shared machine. Targets this host
+cannot run are not measured: their layers stay INT8 (the profile says the device's kernels want
+it) and the choice says why it is unmeasured.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import BadInput
+from edgekd.quant.modules import MatMul
+from edgekd.quant.plan import check_skip, layer_kind, make_plan
+from edgekd.quant.prepare import calibrate, prepare
+from edgekd.quant.qparams import weight_bits_for_target
+from edgekd.targets import Target, availability
+
+# A GEMM this small (weights) is dominated by quantize/dequantize overhead on most runtimes.
+SMALL_GEMM_WEIGHTS = 16384
+
+
+@dataclass
+class LayerChoice:
+    target: str
+    runtime: str
+    measured: bool
+    reason: str | None  # why not measured / why the whole model stays float
+    decisions: list[dict] = field(default_factory=list)  # one per layer kind, smallest first
+    whole_model: dict | None = None  # {"fp32_ms", "all_int8_ms", "int8_ms" (with the choices), "all_float"}
+    float_layers: tuple[str, ...] = ()  # pass as prepare(skip=...)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def reason_for(self, name: str) -> str:
+        if self.whole_model and self.whole_model.get("all_float"):
+            return f"latency: INT8 model not faster on {self.target} ({self.reason})"
+        for decision in self.decisions:
+            if name in decision["layers"] and decision["measured"]:
+                return (f"latency: model {decision['model_ms_kind_float']:.3f} ms with {decision['kind']} layers float "
+                        f"vs {decision['model_ms_kind_int8']:.3f} ms INT8 on {self.target}")
+        return f"latency choice for {self.target}"
+
+
+def _kind(module: nn.Module, out_shape: tuple[int, ...]) -> str:
+    kind = layer_kind(module)
+    if kind == "linear" or (kind == "conv" and int(np.prod(out_shape[2:])) == 1):
+        return "small_gemm" if module.weight.numel() <= SMALL_GEMM_WEIGHTS else "gemm"
+    return "attention_matmul" if kind == "matmul" else kind
+
+
+def _macs(module: nn.Module, out_shape: tuple[int, ...], in_shapes) -> int:
+    if isinstance(module, MatMul):
+        a, b = in_shapes
+        return int(np.prod(a) * b[-1])
+    return int(module.weight.numel() * np.prod(out_shape) / module.weight.shape[0])
+
+
+def _record_shapes(model: nn.Module, names: list[str], example: tuple) -> dict[str, tuple]:
+    """(input shapes, output shape) of each named layer on the example inputs, at batch 1."""
+    seen: dict[str, tuple] = {}
+    handles = []
+    for name in names:
+        def hook(module, args, output, name=name):
+            if name not in seen:
+                seen[name] = ([tuple(a.shape[1:]) for a in args if torch.is_tensor(a)], tuple(output.shape))
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(*example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _time_variants(paths: list[Path], feeds: dict[str, np.ndarray], target: Target, rounds: int,
+                   budget_s: float) -> list[float]:
+    """Latency (ms) of each artifact: min over interleaved rounds of its p50."""
+    from edgekd.bench import measure_latency
+
+    best = [float("inf")] * len(paths)
+    for _ in range(rounds):
+        for i, path in enumerate(paths):
+            timing = measure_latency(model=path, target=target, inputs=feeds, warmup=5, min_iterations=20,
+                                     time_budget_s=budget_s)
+            best[i] = min(best[i], timing["p50"])
+    return best
+
+
+def _artifact(model: nn.Module, example: tuple, work: Path, stem: str, target: Target) -> Path:
+    from edgekd.export import export
+
+    openvino = target.runtime == "openvino"
+    result = export(model=model, example_inputs=example, out_dir=work, name=stem, static_shapes=True, gate=False,
+                    formats=("openvino",) if openvino else ("onnx",))
+    return result.openvino_xml if openvino else result.onnx
+
+
+def _quantized_copy(model: nn.Module, example: tuple, scheme, bits: int, skip) -> nn.Module:
+    quantized = prepare(model=model, scheme=scheme, weight_bits=bits, skip=skip)
+    calibrate(model=quantized, inputs=[example])
+    return quantized.eval()
+
+
+def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs, skip=(), rounds: int = 3,
+                             time_budget_s: float = 0.3, margin: float = 0.05) -> LayerChoice:
+    """Decide per layer kind whether INT8 is faster on `target`, in the context of the whole model;
+    see the module docstring. `example_inputs`: one input batch (tensor or tuple), re-batched to the
+    profile's batch size. A kind is left float only if that makes the model faster by > `margin`.
+    """
+    if not isinstance(target, Target):
+        raise BadInput(f"target must be an edgekd Target (edgekd.targets.load_target), got {type(target).__name__}")
+    example = tuple(torch.as_tensor(e) for e in (example_inputs if isinstance(example_inputs, (tuple, list))
+                                                 else (example_inputs,)))
+    example = tuple(e[:1].repeat(target.batch_size, *([1] * (e.dim() - 1))) for e in example)
+    skip = check_skip(model, skip)
+    plan = make_plan(copy.deepcopy(model), skip=skip, fold_bn=True)
+    names = [entry["name"] for entry in plan["layers"]]
+    choice = LayerChoice(target=target.name, runtime=target.runtime, measured=False, reason=None)
+    if target.precision != "int8":
+        choice.reason = f"target precision is {target.precision}: nothing is quantized"
+        choice.float_layers = tuple(names)
+        return choice
+    available, why, _ = availability(target)
+    if not available:
+        choice.reason = f"not measured: {why}"
+        return choice
+
+    float_model = copy.deepcopy(model).eval()
+    shapes = _record_shapes(float_model, names, example)
+    kinds: dict[str, dict] = {}
+    for name in names:
+        if name not in shapes:
+            continue  # never ran on the example: calibration leaves it float anyway
+        module = float_model.get_submodule(name)
+        in_shapes, out_shape = shapes[name]
+        group = kinds.setdefault(_kind(module, out_shape), {"layers": [], "macs": 0})
+        group["layers"].append(name)
+        group["macs"] += _macs(module, out_shape, [(target.batch_size, *s) for s in in_shapes])
+    bits = weight_bits_for_target(target)[0]
+    feeds = _feeds(example)
+    choice.measured = True
+    with tempfile.TemporaryDirectory(prefix="edgekd-latency-") as tmp:
+        work = Path(tmp)
+
+        def int8_artifact(left_float: list[str], stem: str) -> Path:
+            quantized = _quantized_copy(float_model, example, target.quantization, bits,
+                                        tuple(skip) + tuple(left_float))
+            return _artifact(quantized, example, work, stem, target)
+
+        fp32_path = _artifact(float_model, example, work, "fp32", target)
+        current = int8_artifact([], "int8")
+        fp32_ms, current_ms = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
+        all_int8_ms = current_ms
+        left_float: list[str] = []
+        ordered = sorted(kinds.items(), key=lambda item: item[1]["macs"])
+        for index, (kind, group) in enumerate(ordered):
+            decision = {"kind": kind, "layers": group["layers"], "macs": group["macs"], "measured": False,
+                        "model_ms_kind_int8": None, "model_ms_kind_float": None, "quantize": True}
+            if index < len(ordered) - 1:  # the dominant kind is settled by the FP32 comparison below
+                candidate = int8_artifact(left_float + group["layers"], f"int8-no-{kind}")
+                current_ms, candidate_ms = _time_variants([current, candidate], feeds, target, rounds, time_budget_s)
+                faster = candidate_ms < current_ms * (1 - margin)
+                decision.update(measured=True, model_ms_kind_int8=current_ms, model_ms_kind_float=candidate_ms,
+                                quantize=not faster)
+                if faster:
+                    left_float += group["layers"]
+                    current, current_ms = candidate, candidate_ms
+            choice.decisions.append(decision)
+        if left_float:  # re-time the final choice against FP32 side by side
+            fp32_ms, current_ms = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
+        choice.float_layers = tuple(left_float)
+        # Ties go to INT8 (a quarter of the weight bytes at the same speed); float only when INT8 is
+        # measurably slower, beyond the same noise margin.
+        all_float = current_ms > fp32_ms * (1 + margin)
+        choice.whole_model = {"fp32_ms": fp32_ms, "all_int8_ms": all_int8_ms, "int8_ms": current_ms,
+                              "all_float": all_float}
+        if all_float:
+            choice.reason = f"whole model INT8 {current_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms"
+            choice.float_layers = tuple(names)
+    return choice
+
+
+def _feeds(inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
+    return {name: t.numpy() for name, t in zip(names, inputs)}
