@@ -95,6 +95,45 @@ def test_float_model_exports_without_int8(cnn, tmp_path):
     assert result.parity["onnx"]["cosine"] > 0.99999 and result.openvino_xml is None
 
 
+def test_fp16_export_halves_the_weights_keeps_fp32_io_and_agrees(cnn, tmp_path):
+    model, quantized, held_out = cnn
+    fp32 = export(model=model, example_inputs=torch.from_numpy(held_out[:2]), out_dir=tmp_path / "fp32",
+                  parity_inputs=held_out, formats=("onnx",))
+    fp16 = export(model=model, example_inputs=torch.from_numpy(held_out[:2]), out_dir=tmp_path / "fp16",
+                  parity_inputs=held_out, precision="fp16")
+    assert fp16.gate_passed and fp16.precision == "fp16" and not fp16.quantized
+    graph = onnx.load(str(fp16.onnx))
+    weights = [i for i in graph.graph.initializer if len(i.dims) == 4]  # the conv kernels
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    io_types = {v.type.tensor_type.elem_type for v in list(graph.graph.input) + list(graph.graph.output)}
+    assert io_types == {onnx.TensorProto.FLOAT}  # fed and read exactly like the FP32 model
+    weight_bytes = [sum(a.nbytes for a in _initializers(onnx.load(str(r.onnx))).values()) for r in (fp32, fp16)]
+    assert weight_bytes[1] < 0.55 * weight_bytes[0]
+    ov_weights = fp16.openvino_xml.with_suffix(".bin").stat().st_size
+    assert ov_weights < 0.55 * sum(p.numel() * 4 for p in model.parameters())  # IR weights stored as FP16 too
+    for runtime in ("onnx", "openvino"):
+        assert fp16.parity[runtime]["top1_agreement"] >= 0.99 and fp16.parity[runtime]["non_finite"] == 0
+        assert 0 < fp16.parity[runtime]["max_abs_diff"] < 0.05  # FP16 rounding: small, not zero
+    assert json.loads(fp16.report.read_text())["precision"] == "fp16"
+    with pytest.raises(BadInput, match="fake-quantized"):
+        export(model=quantized, example_inputs=torch.from_numpy(held_out[:1]), out_dir=tmp_path / "q", precision="fp16")
+    with pytest.raises(BadInput, match="precision"):
+        export(model=model, example_inputs=torch.from_numpy(held_out[:1]), out_dir=tmp_path / "q", precision="int4")
+
+
+def test_fp16_overflow_fails_the_gate(tmp_path):
+    """Activations past FP16's 65504 become inf on a GPU running the FP16 model, though a CPU runtime
+    (FP32 between casts) shows finite outputs: the gate must refuse it and name the layer."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1e4)  # |hidden| ~ 1e4 * 8 * x > 65504
+    x = np.random.default_rng(0).random((16, 8), dtype=np.float32) + 1
+    with pytest.raises(GateFailed, match="layer '0' outputs values up to"):
+        export(model=model, example_inputs=torch.from_numpy(x[:2]), out_dir=tmp_path, parity_inputs=x,
+               formats=("onnx",), precision="fp16")
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_gate_fails_on_a_corrupted_scale_and_leaves_nothing_valid(cnn, tmp_path, monkeypatch):
     _, quantized, held_out = cnn
     (tmp_path / "model.onnx").write_bytes(b"an older export that no longer matches")
@@ -221,3 +260,17 @@ def test_bad_export_arguments_are_named(cnn, tmp_path):
     with pytest.raises(BadInput, match="fake.pt"):
         export(model=tmp_path / "fake.pt", example_inputs=x, out_dir=tmp_path)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_parity_refuses_inf_and_nan_outputs():
+    from edgekd.export.gate import compare, parity_failures
+
+    reference = [np.ones((4, 3), dtype=np.float32)]
+    broken = reference[0].copy()
+    broken[0, 0], broken[1, 1] = np.inf, np.nan
+    parity = compare(reference, [broken], task="embedding")
+    assert parity["non_finite"] == 2
+    problems = parity_failures(parity, task="embedding")
+    assert any("2 output values are inf or NaN" in p for p in problems)
+    assert any("cosine" in p for p in problems)  # the NaN cosine fails too instead of slipping through
+    assert parity_failures(compare(reference, reference, task="embedding"), task="embedding") == []
