@@ -35,6 +35,9 @@ from edgekd.targets import QuantScheme, Target, availability
 
 VARIANTS = ("teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8")
 DEPLOYABLE = "student-kd-qat-int8"
+FP16_VARIANT = "student-kd-fp16"  # the KD student stored in FP16, for targets whose precision is fp16
+# What each target precision deploys, and where that variant's artifact goes in the run directory.
+DEPLOYED_VARIANT = {"int8": DEPLOYABLE, "fp16": FP16_VARIANT, "fp32": "student-kd-fp32"}
 
 
 class StageLog:
@@ -71,6 +74,10 @@ class TargetPlan:
     @property
     def scheme_source(self) -> str | None:
         return self.int8_target.name if self.int8_target else None
+
+    @property
+    def wants_fp16(self) -> bool:
+        return any(t.precision == "fp16" for t in self.targets)
 
     def describe(self) -> str:
         w, a = self.scheme.weights, self.scheme.activations
@@ -372,34 +379,43 @@ class Artifact:
     int8_executed: dict
     model: nn.Module
     info: dict
+    precision: str = "fp32"  # of the float tensors ("fp16" for FP16_VARIANT); INT8 is in int8_executed
+
+    @property
+    def executed_precision(self) -> str:
+        return "int8" if any(self.int8_executed.values()) else self.precision
 
     def for_target(self, target: Target) -> Path:
         return self.openvino if target.runtime == "openvino" and self.openvino else self.onnx
 
 
 def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Artifact]:
-    """Every variant exported the same way; the deployable goes to the run root, the rest to variants/."""
+    """Every variant exported the same way; the INT8 deployable goes to the run root, the FP16 one
+    (for fp16 targets) to fp16/, the rest to variants/."""
     from edgekd.export import export
 
     artifacts = {}
     for name, variant in variants.items():
-        out_dir = ctx.run.out if name == DEPLOYABLE else ctx.run.out / "variants" / name
+        out_dir = {DEPLOYABLE: ctx.run.out, FP16_VARIANT: ctx.run.out / "fp16"}.get(
+            name, ctx.run.out / "variants" / name)
+        precision = "fp16" if name == FP16_VARIANT else "fp32"
 
-        def run_export(variant=variant, out_dir=out_dir, name=name) -> dict:
+        def run_export(variant=variant, out_dir=out_dir, name=name, precision=precision) -> dict:
             result = export(model=_export_view(ctx, variant.model), out_dir=out_dir, formats=tuple(ctx.recipe.formats),
-                            static_shapes=ctx.plan.static_shapes, **_export_inputs(ctx))
-            if name == DEPLOYABLE and ctx.data.is_text:
+                            static_shapes=ctx.plan.static_shapes, precision=precision, **_export_inputs(ctx))
+            if name in (DEPLOYABLE, FP16_VARIANT) and ctx.data.is_text:
                 from edgekd.hf import write_optimum_layout
 
                 write_optimum_layout(out_dir=out_dir / "hf", encoder=variant.model, tokenizer=ctx.tokenizer,
                                      onnx_path=result.onnx, openvino_xml=result.openvino_xml,
                                      max_length=ctx.max_length)
             return {"onnx": str(result.onnx), "openvino": str(result.openvino_xml) if result.openvino_xml else None,
-                    "parity": result.parity, "int8_executed": result.int8_executed}
+                    "parity": result.parity, "int8_executed": result.int8_executed, "precision": result.precision}
 
         done = ctx.run.value(f"export:{name}", run_export)
         artifacts[name] = Artifact(name, Path(done["onnx"]), Path(done["openvino"]) if done["openvino"] else None,
-                                   done["parity"], done["int8_executed"], variant.model, variant.info)
+                                   done["parity"], done["int8_executed"], variant.model, variant.info,
+                                   done.get("precision", "fp32"))  # runs exported before FP16 existed
     return artifacts
 
 
@@ -433,7 +449,8 @@ def _size_mb(artifact: Artifact) -> float:
 
 def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
     """Metric of every exported variant on the same held-out data, its latency on every target,
-    and the full benchmark of the deployable on every target (absent ones: not-measured)."""
+    and the full benchmark on every target (absent ones: not-measured) of what that target deploys:
+    the INT8 student, or for an fp16 / fp32 target the KD student in that precision."""
     from edgekd.bench import benchmark, measure_latency, predict
 
     b = ctx.recipe.bench
@@ -446,16 +463,20 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
             ctx.console.print(f"      timing {name} on {target.name}")
             latency[name][target.name] = measure_latency(model=artifact.for_target(target), target=target,
                                                          inputs=sample, time_budget_s=b.ablation_time_budget_s)
-    retention = metrics[DEPLOYABLE]["value"] / metrics["teacher-fp32"]["value"]
-    final = artifacts[DEPLOYABLE]
+    def retention(name: str) -> float:
+        return metrics[name]["value"] / metrics["teacher-fp32"]["value"]
+
     full = []
     for target in ctx.plan.targets:
-        ctx.console.print(f"      full benchmark of the deployable on {target.name}")
-        full.append(benchmark(model=final.for_target(target), target=target, inputs=sample, warmup=b.warmup,
-                              min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
-                              metric_retention=retention).to_dict())
+        deployed = artifacts[DEPLOYED_VARIANT[target.precision]]
+        ctx.console.print(f"      full benchmark of {deployed.variant} on {target.name}")
+        entry = benchmark(model=deployed.for_target(target), target=target, inputs=sample, warmup=b.warmup,
+                          min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
+                          metric_retention=retention(deployed.variant)).to_dict()
+        full.append({**entry, "variant": deployed.variant,
+                     "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix()})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
-            "retention": retention}
+            "retention": retention(DEPLOYABLE)}
 
 
 def _runtime_inputs(ctx: Context):
@@ -487,12 +508,12 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
 
     out = ctx.run.out
     ablation = []
-    for name in VARIANTS:
+    for name in [v for v in (*VARIANTS, FP16_VARIANT) if v in artifacts]:
         artifact = artifacts[name]
         ablation.append({
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
             "size_mb": round(_size_mb(artifact), 4),
-            "precision": "int8" if any(artifact.int8_executed.values()) else "fp32",
+            "precision": artifact.executed_precision,
             "artifact": str(artifact.onnx.relative_to(out)),
             "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
             "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},

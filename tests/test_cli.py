@@ -175,6 +175,14 @@ def test_prune_then_export_through_the_cli(run_cli, tmp_path):
                              "--format", "onnx")
     assert code == 0, err
     assert (tmp_path / "exp" / "model.onnx").is_file() and "top-1 agreement 1.0000" in out
+    # an fp16 target profile exports FP16 by default; a bad --precision is a named input error
+    code, out, err = run_cli("export", str(pruned), "--out", str(tmp_path / "gpu"), "--data", "digits",
+                             "--format", "onnx", "--target", "nvidia-gpu-onnxruntime-cuda")
+    assert code == 0, err
+    assert "(FP16)" in out and json.loads((tmp_path / "gpu" / "model.export.json").read_text())["precision"] == "fp16"
+    code, _, err = run_cli("export", str(pruned), "--out", str(tmp_path / "bad"), "--data", "digits",
+                           "--precision", "int4")
+    assert code == 2 and "precision must be one of fp32, fp16, got 'int4'" in err
 
 
 def test_python_api_names_of_the_contract():

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
 
@@ -33,7 +34,9 @@ def cli(*args: str, env_extra: dict | None = None, **kwargs) -> subprocess.Compl
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     recipe = out.parent / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(out)))
+    with_gpu = tiny_recipe(out)
+    with_gpu["targets"].append("nvidia-gpu-onnxruntime-cuda")  # an fp16 target: the run adds the FP16 student
+    recipe.write_text(yaml.safe_dump(with_gpu))
     done = cli("compress", str(recipe), timeout=900)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     return out, done
@@ -47,7 +50,7 @@ def test_run_directory_satisfies_the_contract(finished_run):
     assert list((out / "plots").glob("*.png"))
     report = json.loads((out / "report.json").read_text())
     rows = {row["variant"]: row for row in report["ablation"]}
-    assert set(rows) == VARIANTS
+    assert set(rows) == VARIANTS | {"student-kd-fp16"}
     for row in rows.values():
         assert {"metric", "params", "size_mb", "latency_p50_ms"} <= set(row)
         assert 0.0 <= row["metric"]["value"] <= 1.0 and row["metric"]["name"] == "accuracy"
@@ -58,12 +61,30 @@ def test_run_directory_satisfies_the_contract(finished_run):
     assert measured["available"] and measured["slo"]["verdict"] in ("pass", "fail")
     assert {"p50", "p90", "p95", "p99"} <= set(measured["latency_ms"])
     assert measured["int8_executed"] is True
+    assert (measured["variant"], measured["artifact"]) == ("student-kd-qat-int8", "model.onnx")
     absent = targets["intel-npu-core-ultra"]
     assert absent["available"] is False and absent["reason"] and absent["slo"]["verdict"] == "not-measured"
     for runtime in ("onnx", "openvino"):
         assert report["parity"][runtime]["top1_agreement"] >= 0.99
     assert report["audit"]["disagreement_rate"] >= 0
     assert done.returncode == (1 if measured["slo"]["verdict"] == "fail" else 0)
+
+
+def test_fp16_target_deploys_the_kd_student_in_fp16(finished_run):
+    out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    gpu = next(t for t in report["targets"] if t["name"] == "nvidia-gpu-onnxruntime-cuda")
+    assert (gpu["variant"], gpu["artifact"]) == ("student-kd-fp16", "fp16/model.onnx")
+    assert gpu["slo"]["verdict"] == "not-measured"  # no CUDA here: named, never passed
+    graph = onnx.load(str(out / gpu["artifact"]))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+    rows = {row["variant"]: row for row in report["ablation"]}
+    fp16, fp32 = rows["student-kd-fp16"], rows["student-kd-fp32"]
+    assert fp16["precision"] == "fp16" and fp16["params"] == fp32["params"]
+    assert abs(fp16["metric"]["value"] - fp32["metric"]["value"]) <= 0.01  # measured from the FP16 file itself
+    assert fp16["size_mb"] < 0.8 * fp32["size_mb"]  # weights halve; graph overhead does not (tiny model)
+    assert "fp16/model.onnx" in json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert "student-kd-fp16" in (out / "report.md").read_text()
 
 
 def test_manifest_and_check(finished_run, tmp_path):

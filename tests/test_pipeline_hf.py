@@ -31,7 +31,8 @@ def text_run(tmp_path_factory):
         "distill": {"epochs": 1, "batch_size": 32}, "quant": {"epochs": 1, "calibration_samples": 64},
         "bench": {"time_budget_s": 0.1, "ablation_time_budget_s": 0.05, "min_iterations": 10, "warmup": 1}}))
     done = cli("compress", str(recipe), "--teacher", str(teacher), "--student", "layers:1", "--data", str(corpus),
-               "--target", "x86-cpu-onnxruntime", "--out", str(out), timeout=600)
+               "--target", "x86-cpu-onnxruntime", "--target", "nvidia-gpu-onnxruntime-cuda", "--out", str(out),
+               timeout=600)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     return out
 
@@ -42,7 +43,9 @@ def test_text_run_reports_embedding_agreement_for_every_variant(text_run):
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "embedding" and report["audit"] is None
     rows = {row["variant"]: row for row in report["ablation"]}
-    assert set(rows) == VARIANTS
+    assert set(rows) == VARIANTS | {"student-kd-fp16"}  # the GPU target deploys the KD student in FP16
+    assert rows["student-kd-fp16"]["metric"]["value"] == pytest.approx(rows["student-kd-fp32"]["metric"]["value"],
+                                                                       abs=0.01)
     for row in rows.values():
         assert row["metric"]["name"] == "spearman_vs_teacher"
         assert -1.0 <= row["metric"]["value"] <= 1.0 and 0.0 <= row["metric"]["recall_at_10"] <= 1.0
@@ -63,3 +66,5 @@ def test_text_run_writes_the_deployable_and_its_optimum_layout(text_run):
     for name in ("model.onnx", "config.json", "modules.json", "1_Pooling/config.json", "tokenizer_config.json"):
         assert (out / "hf" / name).is_file(), name
     assert json.loads((out / "hf" / "config.json").read_text())["num_hidden_layers"] == 1
+    for name in ("model.onnx", "config.json", "tokenizer_config.json"):  # the FP16 deployable's folder too
+        assert (out / "fp16" / "hf" / name).is_file(), name

@@ -319,14 +319,16 @@ class _Renderer:
         for t in self.report["targets"]:
             lat = t.get("latency_ms") or {}
             state = "yes" if t["available"] else ("estimated" if t.get("estimated") else "no")
-            rows.append([t["name"], state, _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99")),
+            rows.append([t["name"], str(t.get("variant") or _MISSING), state, _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99")),
                          _num(t.get("throughput_per_s")), _num(t.get("peak_memory_mb")), _num(t.get("model_size_mb")),
                          str(t.get("executed_precision") or _MISSING), t["slo"]["verdict"]])
         if not rows:
             return [Heading(2, "Targets (deployed student)"), Paragraph("No target was recorded.")]
         blocks: list[Block] = [
             Heading(2, "Targets (deployed student)"),
-            Table(["target", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
+            Paragraph("Each target deploys the student in its precision: INT8 targets the QAT student "
+                      "(model.onnx), fp16 targets the KD student in FP16 (fp16/), fp32 targets the FP32 KD student."),
+            Table(["target", "deploys", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
                    "executed precision", "SLO"], rows),
         ]
         for t in self.report["targets"]:
@@ -342,7 +344,7 @@ class _Renderer:
                                     [[c["key"], _num(c.get("limit")), _num(c.get("value")), _check_margin(c),
                                       {True: "ok", False: "FAIL"}.get(c.get("ok"), _MISSING)]
                                      for c in t["slo"]["checks"]]))
-            if t.get("int8_executed") is False and t["available"]:
+            if t.get("precision_mismatch") and t["available"]:
                 blocks.append(Paragraph(f"Warning: INT8 kernels did not execute; the runtime ran "
                                         f"{t.get('executed_precision') or 'another precision'}."))
             if t.get("warnings"):
@@ -372,7 +374,7 @@ class _Renderer:
                     items.append("Time goes to: " + ", ".join(
                         f"{layer.get('name')} [{layer.get('op')}] {_num(layer.get('time_ms'))} ms ({_pct(layer.get('share'))})"
                         for layer in slowest[:_TOP_LAYERS_EXPLAINED]) + ".")
-                    if t.get("int8_executed") is False:
+                    if t.get("precision_mismatch"):
                         items.append(f"INT8 kernels did not execute (ran {t.get('executed_precision')}); "
                                      "the quantized speed-up is missing on this target.")
                 if c["key"] == "min_metric_retention":
