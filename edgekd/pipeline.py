@@ -56,11 +56,11 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
         no_kd = S.train_student(ctx, student, kd=False)
         kd = S.train_student(ctx, student, kd=True)
     with stages.step("quantize", f"QAT+KD to {plan.describe()}; PTQ of the teacher"):
-        int8 = S.quantize_student(ctx, kd)
+        int8 = {name: S.quantize_student(ctx, kd, variant=name) for name in plan.int8_variants()}
         teacher_int8 = S.quantize_teacher(ctx)
     with stages.step("export", f"ONNX (QDQ{', FP16' if plan.wants_fp16 else ''}) + OpenVINO IR, parity-gated"):
         variants = {"teacher-fp32": S.as_variant(teacher), "teacher-int8-ptq": teacher_int8,
-                    "student-no-kd": no_kd, "student-kd-fp32": kd, "student-kd-qat-int8": int8}
+                    "student-no-kd": no_kd, "student-kd-fp32": kd, **int8}  # one QAT student per INT8 scheme
         if plan.wants_fp16:
             variants[S.FP16_VARIANT] = kd  # the KD student again, stored in FP16
         artifacts = S.export_variants(ctx, variants)

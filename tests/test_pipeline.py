@@ -13,6 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8"}
+PER_TENSOR = "student-kd-qat-int8-x86-cpu-per-tensor"
 
 
 def tiny_recipe(out: Path) -> dict:
@@ -34,9 +35,14 @@ def cli(*args: str, env_extra: dict | None = None, **kwargs) -> subprocess.Compl
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "tiny"
     recipe = out.parent / "recipe.yaml"
-    with_gpu = tiny_recipe(out)
-    with_gpu["targets"].append("nvidia-gpu-onnxruntime-cuda")  # an fp16 target: the run adds the FP16 student
-    recipe.write_text(yaml.safe_dump(with_gpu))
+    per_tensor = yaml.safe_load((ROOT / "targets" / "x86-cpu-onnxruntime.yaml").read_text())
+    per_tensor["name"] = "x86-cpu-per-tensor"  # another INT8 scheme (per-tensor weights): its own QAT student
+    per_tensor["quantization"]["weights"]["per_channel"] = False
+    (out.parent / "x86-cpu-per-tensor.yaml").write_text(yaml.safe_dump(per_tensor))
+    mixed = tiny_recipe(out)
+    # an fp16 target (the run adds the FP16 student) and a second INT8 scheme
+    mixed["targets"] += ["nvidia-gpu-onnxruntime-cuda", str(out.parent / "x86-cpu-per-tensor.yaml")]
+    recipe.write_text(yaml.safe_dump(mixed))
     done = cli("compress", str(recipe), timeout=900)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     return out, done
@@ -50,7 +56,7 @@ def test_run_directory_satisfies_the_contract(finished_run):
     assert list((out / "plots").glob("*.png"))
     report = json.loads((out / "report.json").read_text())
     rows = {row["variant"]: row for row in report["ablation"]}
-    assert set(rows) == VARIANTS | {"student-kd-fp16"}
+    assert set(rows) == VARIANTS | {"student-kd-fp16", PER_TENSOR}
     for row in rows.values():
         assert {"metric", "params", "size_mb", "latency_p50_ms"} <= set(row)
         assert 0.0 <= row["metric"]["value"] <= 1.0 and row["metric"]["name"] == "accuracy"
@@ -85,6 +91,25 @@ def test_fp16_target_deploys_the_kd_student_in_fp16(finished_run):
     assert fp16["size_mb"] < 0.8 * fp32["size_mb"]  # weights halve; graph overhead does not (tiny model)
     assert "fp16/model.onnx" in json.loads((out / "manifest.json").read_text())["artifacts"]
     assert "student-kd-fp16" in (out / "report.md").read_text()
+
+
+def test_a_second_int8_scheme_gets_its_own_qat_student(finished_run):
+    out, _ = finished_run
+    report = json.loads((out / "report.json").read_text())
+    entry = next(t for t in report["targets"] if t["name"] == "x86-cpu-per-tensor")
+    assert (entry["variant"], entry["artifact"]) == (PER_TENSOR, f"variants/{PER_TENSOR}/model.onnx")
+    assert entry["available"] and entry["int8_executed"] is True
+    graph = onnx.load(str(out / entry["artifact"])).graph
+    weights = {i.name: i for i in graph.initializer}
+    conv_weight_scales = [weights[n.input[1]] for n in graph.node if n.op_type == "DequantizeLinear"
+                          and n.input[0] in weights and len(weights[n.input[0]].dims) == 4]
+    assert conv_weight_scales and all(len(s.dims) == 0 for s in conv_weight_scales)  # per-tensor, as asked
+    main = onnx.load(str(out / "model.onnx")).graph
+    main_weights = {i.name: i for i in main.initializer}
+    assert any(len(main_weights[n.input[1]].dims) == 1 for n in main.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in main_weights and len(main_weights[n.input[0]].dims) == 4)  # per-channel
+    assert not (out / "variants" / PER_TENSOR / "openvino").exists()  # no OpenVINO target deploys it
+    assert any(PER_TENSOR in note for note in report["notes"])
 
 
 def test_manifest_and_check(finished_run, tmp_path):
