@@ -125,6 +125,20 @@ def test_markdown_has_ablation_rows_verdicts_and_failure_explained(tmp_path):
     assert f"{worst['name']} ({worst['delta']:+.1%})" in md
 
 
+def test_targets_deploying_different_students_are_named_as_such(tmp_path):
+    report = synthetic_report(latency_ok=True)
+    report["targets"][0]["variant"] = "student-kd-qat-int8"
+    other = {**report["targets"][0], "name": "x86-cpu-per-tensor", "variant": "student-kd-qat-int8-x86-cpu-per-tensor"}
+    report["targets"].append(other)
+    run_dir = _write(tmp_path / "run", report)
+    render_report(run_dir=run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert ("The deployed students (student-kd-qat-int8, student-kd-qat-int8-x86-cpu-per-tensor) meet every SLO "
+            "on all 2 measured target(s)") in md
+    assert "student-kd-qat-int8 keeps 98.8% of the FP32 teacher's accuracy" in md
+    assert "| x86-cpu-per-tensor | student-kd-qat-int8-x86-cpu-per-tensor | yes |" in md  # the "deploys" column
+
+
 def test_headline_says_pass_when_every_measured_target_passes(tmp_path):
     run_dir = _write(tmp_path / "run", synthetic_report(latency_ok=True))
     render_report(run_dir=run_dir)

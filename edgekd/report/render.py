@@ -250,22 +250,26 @@ class _Renderer:
         measured = [t for t in report["targets"] if t["available"]]
         absent = [t for t in report["targets"] if not t["available"]]
         who = f"The INT8 student ({STUDENT_VARIANT})" if _ablation_row(report, STUDENT_VARIANT) else "The student"
+        meets, does, it = "meets", "does", "It"
+        deployed = sorted({t["variant"] for t in measured if t.get("variant")})
+        if len(deployed) > 1:  # targets of different precisions or INT8 schemes deploy different students
+            who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", STUDENT_VARIANT
         if not measured:
             verdict = f"{who} was not measured on any target here, so no SLO verdict is given."
         else:
             failed = [t for t in measured if t["slo"]["verdict"] != "pass"]
             if not failed:
-                verdict = (f"{who} meets every SLO on all {len(measured)} measured target(s) "
+                verdict = (f"{who} {meets} every SLO on all {len(measured)} measured target(s) "
                            f"({', '.join(t['name'] for t in measured)}).")
             else:
                 detail = "; ".join(f"{t['name']}: {t['slo']['verdict']}"
                                    + (f" on {', '.join(c['key'] for c in _failed_checks(t))}" if _failed_checks(t) else "")
                                    for t in failed)
-                verdict = f"{who} does NOT meet every SLO: {len(failed)} of {len(measured)} measured target(s) fail ({detail})."
+                verdict = f"{who} {does} NOT meet every SLO: {len(failed)} of {len(measured)} measured target(s) fail ({detail})."
         sentences = [verdict]
         retention = _retention(report)
         if retention is not None:
-            sentences.append(f"It keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
+            sentences.append(f"{it} keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
         speedups = _speedups(report)
         if speedups:
             sentences.append("p50 speed-up vs the FP32 teacher: "
