@@ -220,11 +220,14 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     data: str = typer.Option(..., "--data", help="Held-out data for the parity gate (and the input shape)."),
     formats: str = typer.Option("onnx,openvino", "--format", help="Comma-separated: onnx, openvino."),
-    target: Optional[str] = typer.Option(None, "--target", help="Use this profile's static_shapes setting."),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="Use this profile's static_shapes setting (and fp16 precision)."),
     static_shapes: bool = typer.Option(False, "--static-shapes", help="Fix every input shape."),
     name: str = typer.Option("model", "--name", help="Artifact file stem."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32 or fp16 for a float model (default: fp16 if the --target profile runs fp16)."),
 ):
-    """ONNX (QDQ where quantized) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
+    """ONNX (QDQ where quantized, FP16 on request) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
     from edgekd.data import load_data
     from edgekd.export import export as run_export
     from edgekd.targets import load_target
@@ -234,14 +237,18 @@ def export(
     if unknown or not wanted:
         raise BadInput(f"--format '{formats}': expected a comma-separated list of onnx, openvino")
     dataset = load_data(data)
-    static = static_shapes or (load_target(target).static_shapes if target else False)
+    profile = load_target(target) if target else None
+    static = static_shapes or (profile.static_shapes if profile else False)
+    precision = precision or ("fp16" if profile and profile.precision == "fp16" else "fp32")
     result = run_export(model=checkpoint, example_inputs=_example_input(dataset), out_dir=out, formats=wanted,
-                        parity_inputs=dataset.x_test, static_shapes=static, name=name, task=dataset.task)
+                        parity_inputs=dataset.x_test, static_shapes=static, name=name, task=dataset.task,
+                        precision=precision)
     for runtime, figures in result.parity.items():
         console.print(f"{runtime}: top-1 agreement {figures.get('top1_agreement', float('nan')):.4f}, "
                       f"cosine {figures.get('cosine', float('nan')):.6f}, "
                       f"INT8 executed: {result.int8_executed.get(runtime)}")
-    console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else ""))
+    console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else "")
+                  + (" (FP16)" if result.precision == "fp16" else ""))
 
 
 @app.command()

@@ -3,8 +3,9 @@
     1. prune      make the student (given, `prune:R` from the teacher, or `layers:N`)
     2. distill    KD into the FP32 student; the same loop without KD is the baseline
     3. quantize   QAT+KD to INT8 as the target's kernels want; PTQ of the teacher as a baseline
-    4. export     ONNX (QDQ) and OpenVINO IR for every variant, parity-gated
-    5. benchmark  every variant as an exported artifact on every available target
+    4. export     ONNX (QDQ) and OpenVINO IR for every variant (+ FP16 for fp16 targets), parity-gated
+    5. benchmark  every variant as an exported artifact on every available target; each target's
+                  full benchmark is of what it deploys (INT8, FP16 or FP32 student by its precision)
     6. report     report.json/.md/.html with plots, and manifest.json
 
 Each step is a call into its stage's public API; `RunState` makes every finished step durable
@@ -55,12 +56,14 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
         no_kd = S.train_student(ctx, student, kd=False)
         kd = S.train_student(ctx, student, kd=True)
     with stages.step("quantize", f"QAT+KD to {plan.describe()}; PTQ of the teacher"):
-        int8 = S.quantize_student(ctx, kd)
+        int8 = {name: S.quantize_student(ctx, kd, variant=name) for name in plan.int8_variants()}
         teacher_int8 = S.quantize_teacher(ctx)
-    with stages.step("export", "ONNX (QDQ) + OpenVINO IR, parity-gated"):
-        artifacts = S.export_variants(ctx, {
-            "teacher-fp32": S.as_variant(teacher), "teacher-int8-ptq": teacher_int8,
-            "student-no-kd": no_kd, "student-kd-fp32": kd, "student-kd-qat-int8": int8})
+    with stages.step("export", f"ONNX (QDQ{', FP16' if plan.wants_fp16 else ''}) + OpenVINO IR, parity-gated"):
+        variants = {"teacher-fp32": S.as_variant(teacher), "teacher-int8-ptq": teacher_int8,
+                    "student-no-kd": no_kd, "student-kd-fp32": kd, **int8}  # one QAT student per INT8 scheme
+        if plan.wants_fp16:
+            variants[S.FP16_VARIANT] = kd  # the KD student again, stored in FP16
+        artifacts = S.export_variants(ctx, variants)
     with stages.step("benchmark", "every variant on every available target"):
         measured = S.benchmark_variants(ctx, artifacts)
     with stages.step("report", "report.json/.md/.html, plots, manifest"):

@@ -35,6 +35,7 @@ from edgekd.targets import QuantScheme, Target, availability
 
 VARIANTS = ("teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8")
 DEPLOYABLE = "student-kd-qat-int8"
+FP16_VARIANT = "student-kd-fp16"  # the KD student stored in FP16, for targets whose precision is fp16
 
 
 class StageLog:
@@ -59,10 +60,29 @@ class TargetPlan:
 
     targets: list[Target]
     available: list[Target]
-    int8_target: Target | None  # the first INT8 target: its kernels decide the quantization scheme
+    int8_groups: list[list[Target]]  # INT8 targets grouped by the scheme their kernels want, first seen first
     channel_multiple: int
     static_shapes: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def int8_target(self) -> Target | None:
+        """The first INT8 target: its scheme is the run-root deployable's (and the teacher PTQ's)."""
+        return self.int8_groups[0][0] if self.int8_groups else None
+
+    def int8_variants(self) -> dict[str, list[Target]]:
+        """QAT student name -> the INT8 targets it serves: DEPLOYABLE for the first scheme (with no INT8
+        target, the default scheme, for the ablation), then one more per other scheme."""
+        groups = self.int8_groups or [[]]
+        return {DEPLOYABLE if i == 0 else f"{DEPLOYABLE}-{group[0].name}": group for i, group in enumerate(groups)}
+
+    def deployed_variant(self, target: Target) -> str:
+        """What `target` deploys: the QAT student in its scheme, or the KD student in FP16 / FP32."""
+        if target.precision == "fp16":
+            return FP16_VARIANT
+        if target.precision == "fp32":
+            return "student-kd-fp32"
+        return next(name for name, group in self.int8_variants().items() if target in group)
 
     @property
     def scheme(self) -> QuantScheme:
@@ -72,26 +92,37 @@ class TargetPlan:
     def scheme_source(self) -> str | None:
         return self.int8_target.name if self.int8_target else None
 
+    @property
+    def wants_fp16(self) -> bool:
+        return any(t.precision == "fp16" for t in self.targets)
+
     def describe(self) -> str:
         w, a = self.scheme.weights, self.scheme.activations
+        extra = [name for name in self.int8_variants() if name != DEPLOYABLE]
         return (f"{w.dtype} {'sym' if w.symmetric else 'asym'} {'per-channel' if w.per_channel else 'per-tensor'} "
                 f"weights, {a.dtype} {'sym' if a.symmetric else 'asym'} activations"
-                + (f" (from {self.scheme_source})" if self.scheme_source else ""))
+                + (f" (from {self.scheme_source})" if self.scheme_source else "")
+                + (f", and {', '.join(extra)} for the other scheme(s)" if extra else ""))
 
 
 def plan_targets(targets: list[Target]) -> TargetPlan:
-    """The INT8 scheme follows the first INT8 target; channel rounding satisfies every target."""
+    """One QAT student per distinct INT8 scheme among the targets; channel rounding satisfies every target."""
     if not targets:
         raise BadInput("no targets given: name at least one target profile (see `edgekd targets`)")
     available = [t for t in targets if availability(t)[0]]
-    int8 = [t for t in targets if t.precision == "int8"]
-    source = int8[0] if int8 else None
-    notes = [f"{t.name} wants a different INT8 scheme than {source.name}; its figures are for {source.name}'s scheme"
-             for t in int8[1:] if t.quantization != source.quantization]
+    groups: list[list[Target]] = []
+    for t in (t for t in targets if t.precision == "int8"):
+        group = next((g for g in groups if g[0].quantization == t.quantization), None)
+        if group is None:
+            groups.append([t])
+        else:
+            group.append(t)
+    notes = [f"{g[0].name} wants a different INT8 scheme than {groups[0][0].name}: "
+             f"{DEPLOYABLE}-{g[0].name} is QAT-trained for it" for g in groups[1:]]
     multiple = 1
     for t in targets:
         multiple = min(math.lcm(multiple, t.channel_multiple), 64)
-    return TargetPlan(targets=targets, available=available, int8_target=source, channel_multiple=multiple,
+    return TargetPlan(targets=targets, available=available, int8_groups=groups, channel_multiple=multiple,
                       static_shapes=any(t.static_shapes for t in targets), notes=notes)
 
 
@@ -301,27 +332,32 @@ def train_student(ctx: Context, student: Variant, *, kd: bool) -> Variant:
 
 # ---- 3. quantize ------------------------------------------------------------------------------
 
-def _quant_config(ctx: Context, *, mode: str):
-    from edgekd.quant import QuantConfig
+def _quant_config(ctx: Context, *, mode: str, group: list[Target]):
+    """The group's scheme, with the fewest weight bits any of its targets needs (7 where an x86 CPU
+    without VNNI may saturate: such a model runs correctly on the group's 8-bit targets too)."""
+    from edgekd.quant import QuantConfig, weight_bits_for_target
 
     q = ctx.recipe.quant
     settings = dict(mode=mode, observer=q.observer, warmup_epochs=q.warmup_epochs,
                     calibration_samples=q.calibration_samples)
-    if ctx.plan.int8_target is None:
+    if not group:
         return QuantConfig(**settings)
-    return QuantConfig.for_target(ctx.plan.int8_target, **settings)
+    bits, why = min(weight_bits_for_target(t) for t in group)
+    return QuantConfig.for_target(group[0], weight_bits=bits, weight_bits_reason=why, **settings)
 
 
-def quantize_student(ctx: Context, student: Variant) -> Variant:
-    """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme the target wants;
-    layer kinds that INT8 makes slower on the (measurable) target stay float."""
+def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABLE) -> Variant:
+    """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme `variant`'s targets
+    want (`TargetPlan.int8_variants`); layer kinds that INT8 makes slower on a measurable one stay float."""
     from edgekd.quant import checkpoint_transform, qat_distill_config, quantize
 
     q = ctx.recipe.quant
+    group = ctx.plan.int8_variants()[variant]
+    timed_on = next((t for t in group if t in ctx.plan.available), None)
 
     def build() -> Variant:
         kd = _distill_config(ctx, kd=True)
-        config = _quant_config(ctx, mode="qat")
+        config = _quant_config(ctx, mode="qat", group=group)
         config.distill = qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
                                             temperature=kd.temperature, alpha=kd.alpha, response=kd.response,
                                             collate=kd.collate)
@@ -330,20 +366,20 @@ def quantize_student(ctx: Context, student: Variant) -> Variant:
                          ("epochs", "lr", "weight_decay", "patience", "warmup_epochs", "seed", "batch_size")}
             config.distill = _encoder_kd_config(ctx, student=student.model, teacher=student.model, **fine_tune)
         # Latency-aware layer choice times single-input models only.
-        config.latency_aware = (q.latency_aware and not ctx.data.is_text
-                                and ctx.plan.int8_target in ctx.plan.available)
+        config.latency_aware = q.latency_aware and not ctx.data.is_text and timed_on is not None
         result = quantize(model=student.model, data=ctx.data, config=config, teacher=student.model,
-                          target=ctx.plan.int8_target if config.latency_aware else None,
-                          example_inputs=ctx.example_input, out_dir=ctx.run.checkpoint_dir(DEPLOYABLE),
+                          target=timed_on if config.latency_aware else None,
+                          example_inputs=ctx.example_input, out_dir=ctx.run.checkpoint_dir(variant),
                           resume=ctx.resume)
         report = result.report.as_dict()
         choice = result.layer_choice
         report["latency_choice"] = choice.as_dict() if choice else None
         kept_float = bool(choice and (choice.whole_model or {}).get("all_float"))  # INT8 was slower here
         transforms = student.transforms + ([] if kept_float else [checkpoint_transform(result.model)])
+        report["targets"] = [t.name for t in group]
         return Variant(result.model, student.ref, transforms, {"history": result.history, "quantization": report})
 
-    return _stored(ctx, DEPLOYABLE, build)
+    return _stored(ctx, variant, build)
 
 
 def quantize_teacher(ctx: Context) -> Variant:
@@ -351,7 +387,7 @@ def quantize_teacher(ctx: Context) -> Variant:
     from edgekd.quant import checkpoint_transform, qat_distill_config, quantize
 
     def build() -> Variant:
-        config = _quant_config(ctx, mode="ptq")
+        config = _quant_config(ctx, mode="ptq", group=ctx.plan.int8_variants()[DEPLOYABLE])
         config.latency_aware = False
         config.distill = qat_distill_config(collate=_collate(ctx))  # calibration batches are collated like training's
         result = quantize(model=ctx.teacher.model, data=ctx.data, config=config)
@@ -372,35 +408,57 @@ class Artifact:
     int8_executed: dict
     model: nn.Module
     info: dict
+    precision: str = "fp32"  # of the float tensors ("fp16" for FP16_VARIANT); INT8 is in int8_executed
+
+    @property
+    def executed_precision(self) -> str:
+        return "int8" if any(self.int8_executed.values()) else self.precision
 
     def for_target(self, target: Target) -> Path:
         return self.openvino if target.runtime == "openvino" and self.openvino else self.onnx
 
 
 def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Artifact]:
-    """Every variant exported the same way; the deployable goes to the run root, the rest to variants/."""
+    """Every variant exported the same way; the INT8 deployable goes to the run root, the FP16 one
+    (for fp16 targets) to fp16/, the rest to variants/."""
     from edgekd.export import export
 
     artifacts = {}
     for name, variant in variants.items():
-        out_dir = ctx.run.out if name == DEPLOYABLE else ctx.run.out / "variants" / name
+        out_dir = {DEPLOYABLE: ctx.run.out, FP16_VARIANT: ctx.run.out / "fp16"}.get(
+            name, ctx.run.out / "variants" / name)
+        precision = "fp16" if name == FP16_VARIANT else "fp32"
 
-        def run_export(variant=variant, out_dir=out_dir, name=name) -> dict:
-            result = export(model=_export_view(ctx, variant.model), out_dir=out_dir, formats=tuple(ctx.recipe.formats),
-                            static_shapes=ctx.plan.static_shapes, **_export_inputs(ctx))
-            if name == DEPLOYABLE and ctx.data.is_text:
+        def run_export(variant=variant, out_dir=out_dir, name=name, precision=precision) -> dict:
+            result = export(model=_export_view(ctx, variant.model), out_dir=out_dir, formats=_formats(ctx, name),
+                            static_shapes=ctx.plan.static_shapes, precision=precision, **_export_inputs(ctx))
+            if name in (DEPLOYABLE, FP16_VARIANT) and ctx.data.is_text:
                 from edgekd.hf import write_optimum_layout
 
                 write_optimum_layout(out_dir=out_dir / "hf", encoder=variant.model, tokenizer=ctx.tokenizer,
                                      onnx_path=result.onnx, openvino_xml=result.openvino_xml,
                                      max_length=ctx.max_length)
             return {"onnx": str(result.onnx), "openvino": str(result.openvino_xml) if result.openvino_xml else None,
-                    "parity": result.parity, "int8_executed": result.int8_executed}
+                    "parity": result.parity, "int8_executed": result.int8_executed, "precision": result.precision}
 
         done = ctx.run.value(f"export:{name}", run_export)
         artifacts[name] = Artifact(name, Path(done["onnx"]), Path(done["openvino"]) if done["openvino"] else None,
-                                   done["parity"], done["int8_executed"], variant.model, variant.info)
+                                   done["parity"], done["int8_executed"], variant.model, variant.info,
+                                   done.get("precision", "fp32"))  # runs exported before FP16 existed
     return artifacts
+
+
+def _formats(ctx: Context, name: str) -> tuple[str, ...]:
+    """The recipe's formats for the five ablation variants; a variant made for particular targets (FP16,
+    another INT8 scheme) gets an OpenVINO IR only if one of them runs OpenVINO. (OpenVINO would run a
+    QNN-style uint8-weight model in FP32, which its gate rightly refuses.)"""
+    formats = tuple(ctx.recipe.formats)
+    if name in VARIANTS:
+        return formats
+    served = [t for t in ctx.plan.targets if ctx.plan.deployed_variant(t) == name]
+    if any(t.runtime == "openvino" for t in served):
+        return formats
+    return tuple(f for f in formats if f != "openvino") or ("onnx",)
 
 
 def _export_view(ctx: Context, model: nn.Module) -> nn.Module:
@@ -433,7 +491,8 @@ def _size_mb(artifact: Artifact) -> float:
 
 def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
     """Metric of every exported variant on the same held-out data, its latency on every target,
-    and the full benchmark of the deployable on every target (absent ones: not-measured)."""
+    and the full benchmark on every target (absent ones: not-measured) of what that target deploys:
+    the INT8 student, or for an fp16 / fp32 target the KD student in that precision."""
     from edgekd.bench import benchmark, measure_latency, predict
 
     b = ctx.recipe.bench
@@ -446,16 +505,20 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
             ctx.console.print(f"      timing {name} on {target.name}")
             latency[name][target.name] = measure_latency(model=artifact.for_target(target), target=target,
                                                          inputs=sample, time_budget_s=b.ablation_time_budget_s)
-    retention = metrics[DEPLOYABLE]["value"] / metrics["teacher-fp32"]["value"]
-    final = artifacts[DEPLOYABLE]
+    def retention(name: str) -> float:
+        return metrics[name]["value"] / metrics["teacher-fp32"]["value"]
+
     full = []
     for target in ctx.plan.targets:
-        ctx.console.print(f"      full benchmark of the deployable on {target.name}")
-        full.append(benchmark(model=final.for_target(target), target=target, inputs=sample, warmup=b.warmup,
-                              min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
-                              metric_retention=retention).to_dict())
+        deployed = artifacts[ctx.plan.deployed_variant(target)]
+        ctx.console.print(f"      full benchmark of {deployed.variant} on {target.name}")
+        entry = benchmark(model=deployed.for_target(target), target=target, inputs=sample, warmup=b.warmup,
+                          min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
+                          metric_retention=retention(deployed.variant)).to_dict()
+        full.append({**entry, "variant": deployed.variant,
+                     "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix()})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
-            "retention": retention}
+            "retention": retention(DEPLOYABLE)}
 
 
 def _runtime_inputs(ctx: Context):
@@ -487,12 +550,12 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
 
     out = ctx.run.out
     ablation = []
-    for name in VARIANTS:
+    for name in [*VARIANTS, *(v for v in artifacts if v not in VARIANTS)]:
         artifact = artifacts[name]
         ablation.append({
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
             "size_mb": round(_size_mb(artifact), 4),
-            "precision": "int8" if any(artifact.int8_executed.values()) else "fp32",
+            "precision": artifact.executed_precision,
             "artifact": str(artifact.onnx.relative_to(out)),
             "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
             "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},

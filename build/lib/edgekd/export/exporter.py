@@ -1,4 +1,4 @@
-"""export(): PyTorch -> ONNX (QDQ where fake-quantized) -> OpenVINO IR, each behind a parity gate.
+"""export(): PyTorch -> ONNX (QDQ where fake-quantized, or FP16) -> OpenVINO IR, each behind a parity gate.
 
 Everything is built in a private temp folder inside `out_dir` and moved into place only after
 the gate passes, so a deploy path never holds an unverified model. A failed gate moves the
@@ -41,9 +41,15 @@ from edgekd.quant import onnx_translation_table
 
 FORMATS = ("onnx", "openvino")
 TASKS = ("classification", "embedding")
+PRECISIONS = ("fp32", "fp16")
 # Above this many parameter bytes a single ONNX file would approach protobuf's 2 GB limit.
 SINGLE_FILE_LIMIT = 1_500_000_000
 PARITY_BATCH = 64
+# An FP16 artifact is refused when a layer's output on the parity inputs reaches half FP16's largest
+# finite value: a GPU stores that activation as inf. CPU runtimes cannot show it (they compute FP16
+# graphs in FP32 between casts), so the PyTorch reference run is watched instead.
+FP16_MAX = 65504.0
+FP16_HEADROOM = 0.5
 
 
 @dataclass
@@ -54,6 +60,7 @@ class ExportResult:
     int8_executed: dict  # {"onnx": bool, "openvino": bool}: integer kernels ran; False for a float model
     int8_kernels: dict = field(default_factory=dict)  # per runtime: {"kernels": {op: n}, "expected": n, "coverage"}
     quantized: bool = False
+    precision: str = "fp32"  # of the float tensors: "fp32", or "fp16" (inputs and outputs stay fp32)
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     dynamic_dims: dict = field(default_factory=dict)
@@ -175,6 +182,50 @@ def _export_onnx(model: nn.Module, example: tuple, path: Path, *, input_names, d
         raise BadInput(f"cannot export {type(model).__name__} to ONNX: {type(err).__name__}: {summary[:300]}") from None
 
 
+def _to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """FP16 weights and activations with FP32 graph inputs/outputs (ONNX Runtime's own converter;
+    it keeps the ops FP16 cannot represent safely, e.g. Resize, Range, in FP32). The converter
+    appends its input casts at the end of the node list; onnx-ir (onnxscript's IR) re-sorts them."""
+    import onnx_ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        converted = onnx_ir.from_proto(convert_float_to_float16(graph, keep_io_types=True))
+    converted.graph.sort()
+    converted = onnx_ir.to_proto(converted)
+    onnx.checker.check_model(converted)
+    return converted
+
+
+@contextlib.contextmanager
+def _peak_outputs(model: nn.Module, enabled: bool):
+    """Yield {module name: largest |output|} over the forward passes run inside the block (leaf modules)."""
+    peaks: dict[str, float] = {}
+    if not enabled:
+        yield peaks
+        return
+
+    def watch(name: str):
+        def record(module, args, output):
+            for leaf in tree_leaves(output):
+                if torch.is_tensor(leaf) and leaf.is_floating_point() and leaf.numel():
+                    peaks[name] = max(peaks.get(name, 0.0), float(leaf.detach().abs().max()))
+        return record
+
+    handles = [m.register_forward_hook(watch(n)) for n, m in model.named_modules() if n and not any(m.children())]
+    try:
+        yield peaks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _fp16_overflow(peaks: dict[str, float]) -> list[str]:
+    limit = FP16_MAX * FP16_HEADROOM
+    return [f"fp16: layer '{name}' outputs values up to {peak:.3g}, past {limit:.0f} (half the FP16 range); "
+            "keep this model FP32" for name, peak in peaks.items() if not peak < limit]
+
+
 def _run_torch(model: nn.Module, inputs: tuple[np.ndarray, ...], batch: int) -> list[np.ndarray]:
     outputs: list[list[np.ndarray]] = []
     with torch.no_grad():
@@ -206,7 +257,7 @@ def _run_runtime(run, inputs: tuple[np.ndarray, ...], batch: int, static: bool) 
 def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FORMATS, parity_inputs=None,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
            dynamic_dims: dict | None = None, static_shapes: bool = False, name: str = "model", gate: bool = True,
-           task: str = "classification") -> ExportResult:
+           task: str = "classification", precision: str = "fp32") -> ExportResult:
     """Export `model` (an nn.Module or an edgekd checkpoint path) and verify each artifact.
 
     `example_inputs`: a tensor or a tuple of tensors (one per forward argument), also fixing the
@@ -215,6 +266,10 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
     (array, or tuple of arrays), compared between PyTorch and each runtime; without them the
     example inputs are used and the report says so. With `gate=True` (default) a failed check
     raises GateFailed and leaves no artifact at the deploy path.
+
+    `precision="fp16"` (for GPU targets that run FP16) stores a float model's weights and
+    activations in FP16, keeping FP32 inputs and outputs so callers feed it as before; the same
+    gate applies, and an overflow (inf/NaN at the outputs) fails it.
     """
     formats = tuple(formats)
     if not formats or any(f not in FORMATS for f in formats):
@@ -227,6 +282,8 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
         keep_onnx = "onnx" in formats
     if task not in TASKS:
         raise BadInput(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if precision not in PRECISIONS:
+        raise BadInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not name or "/" in name or name.startswith("."):
         raise BadInput(f"name must be a plain file stem, got {name!r}")
     model = _load_model(model)
@@ -265,7 +322,7 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
             return _export_and_gate(model, example, work, out_dir, formats=formats, keep_onnx=keep_onnx, name=name,
                                     input_names=input_names, output_names=output_names, dims=dims,
                                     static_shapes=static_shapes, parity_arrays=parity_arrays,
-                                    parity_source=parity_source, gate=gate, task=task)
+                                    parity_source=parity_source, gate=gate, task=task, precision=precision)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -273,10 +330,11 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
 
 
 def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep_onnx, name, input_names, output_names,
-                     dims, static_shapes, parity_arrays, parity_source, gate, task) -> ExportResult:
+                     dims, static_shapes, parity_arrays, parity_source, gate, task, precision) -> ExportResult:
     batch = example[0].shape[0] if static_shapes else PARITY_BATCH
     try:
-        reference = _run_torch(model, parity_arrays, batch)
+        with _peak_outputs(model, precision == "fp16") as peaks:
+            reference = _run_torch(model, parity_arrays, batch)
     except (RuntimeError, TypeError, ValueError) as err:
         shapes = ", ".join(str(a.shape) for a in parity_arrays)
         raise BadInput(f"parity_inputs (shapes {shapes}) do not fit the model: "
@@ -288,12 +346,17 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
     _name_outputs(graph.graph, output_names)
     rewrites = clean_qdq_graph(graph)
     onnx.checker.check_model(graph)
-    onnx.save(graph, str(onnx_path))
     expected = quantized_compute_nodes(graph)
     quantized = expected > 0
+    if precision == "fp16":
+        if quantized:
+            raise BadInput(f"precision='fp16' applies to float models; {type(model).__name__} is fake-quantized "
+                           "and exports as INT8 (QDQ)")
+        graph = _to_fp16(graph)
+    onnx.save(graph, str(onnx_path))
     result = ExportResult(onnx=None, openvino_xml=None, parity={}, int8_executed={}, quantized=quantized,
-                          input_names=input_names, output_names=output_names, dynamic_dims=dims,
-                          graph_rewrites=rewrites)
+                          precision=precision, input_names=input_names, output_names=output_names, dynamic_dims=dims,
+                          graph_rewrites=rewrites, problems=_fp16_overflow(peaks))
 
     def check_parity(runtime: str, run) -> None:
         try:
@@ -316,7 +379,8 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
 
         ov_dir.mkdir()
         with _quiet():
-            ov.save_model(ov.convert_model(str(onnx_path)), str(ov_dir / f"{name}.xml"), compress_to_fp16=False)
+            ov.save_model(ov.convert_model(str(onnx_path)), str(ov_dir / f"{name}.xml"),
+                          compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
         compiled = ov_compiled(ov_dir / f"{name}.xml")
         check_parity("openvino", lambda part: list(compiled(list(part)).values()))
         int8, total = ov_int8_kernels(compiled)
@@ -336,7 +400,7 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
     result.gate_passed = not result.problems
     evidence = {"name": name, "formats": list(formats), "task": task, "parity_source": parity_source,
                 "parity": result.parity, "int8_executed": result.int8_executed, "int8_kernels": result.int8_kernels,
-                "quantized": quantized, "graph_rewrites": rewrites, "input_names": input_names,
+                "quantized": quantized, "precision": precision, "graph_rewrites": rewrites, "input_names": input_names,
                 "output_names": output_names,
                 "dynamic_dims": {k: {str(a): v for a, v in d.items()} for k, d in dims.items()},
                 "static_shapes": static_shapes, "gate": "passed" if result.gate_passed else "failed",

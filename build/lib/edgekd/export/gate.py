@@ -114,6 +114,8 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], *, task: str)
         "min_cosine": float(cosine.min()),
         "max_abs_diff": float(max(np.abs(r.astype(np.float64) - a.astype(np.float64)).max() if r.size else 0.0
                                   for r, a in zip(reference, actual))),
+        # inf/NaN from the runtime (an FP16 overflow, typically) would otherwise slip through as a NaN cosine
+        "non_finite": int(sum(a.size - np.isfinite(a).sum() for a in actual)),
     }
     if task == "classification":
         result["top1_agreement"] = float((ref_flat.argmax(axis=1) == got_flat.argmax(axis=1)).mean())
@@ -122,8 +124,10 @@ def compare(reference: list[np.ndarray], actual: list[np.ndarray], *, task: str)
 
 def parity_failures(parity: dict, *, task: str) -> list[str]:
     problems = []
-    if task == "classification" and parity["top1_agreement"] < TOP1_MIN:
+    if parity.get("non_finite"):
+        problems.append(f"{parity['non_finite']} output values are inf or NaN")
+    if task == "classification" and not parity["top1_agreement"] >= TOP1_MIN:
         problems.append(f"top-1 agreement {parity['top1_agreement']:.4f} < {TOP1_MIN}")
-    if parity["cosine"] < COSINE_MIN:
+    if not parity["cosine"] >= COSINE_MIN:  # also catches a NaN cosine
         problems.append(f"output cosine {parity['cosine']:.5f} < {COSINE_MIN}")
     return problems

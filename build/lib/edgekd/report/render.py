@@ -250,22 +250,26 @@ class _Renderer:
         measured = [t for t in report["targets"] if t["available"]]
         absent = [t for t in report["targets"] if not t["available"]]
         who = f"The INT8 student ({STUDENT_VARIANT})" if _ablation_row(report, STUDENT_VARIANT) else "The student"
+        meets, does, it = "meets", "does", "It"
+        deployed = sorted({t["variant"] for t in measured if t.get("variant")})
+        if len(deployed) > 1:  # targets of different precisions or INT8 schemes deploy different students
+            who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", STUDENT_VARIANT
         if not measured:
             verdict = f"{who} was not measured on any target here, so no SLO verdict is given."
         else:
             failed = [t for t in measured if t["slo"]["verdict"] != "pass"]
             if not failed:
-                verdict = (f"{who} meets every SLO on all {len(measured)} measured target(s) "
+                verdict = (f"{who} {meets} every SLO on all {len(measured)} measured target(s) "
                            f"({', '.join(t['name'] for t in measured)}).")
             else:
                 detail = "; ".join(f"{t['name']}: {t['slo']['verdict']}"
                                    + (f" on {', '.join(c['key'] for c in _failed_checks(t))}" if _failed_checks(t) else "")
                                    for t in failed)
-                verdict = f"{who} does NOT meet every SLO: {len(failed)} of {len(measured)} measured target(s) fail ({detail})."
+                verdict = f"{who} {does} NOT meet every SLO: {len(failed)} of {len(measured)} measured target(s) fail ({detail})."
         sentences = [verdict]
         retention = _retention(report)
         if retention is not None:
-            sentences.append(f"It keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
+            sentences.append(f"{it} keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
         speedups = _speedups(report)
         if speedups:
             sentences.append("p50 speed-up vs the FP32 teacher: "
@@ -319,14 +323,16 @@ class _Renderer:
         for t in self.report["targets"]:
             lat = t.get("latency_ms") or {}
             state = "yes" if t["available"] else ("estimated" if t.get("estimated") else "no")
-            rows.append([t["name"], state, _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99")),
+            rows.append([t["name"], str(t.get("variant") or _MISSING), state, _num(lat.get("p50")), _num(lat.get("p95")), _num(lat.get("p99")),
                          _num(t.get("throughput_per_s")), _num(t.get("peak_memory_mb")), _num(t.get("model_size_mb")),
                          str(t.get("executed_precision") or _MISSING), t["slo"]["verdict"]])
         if not rows:
             return [Heading(2, "Targets (deployed student)"), Paragraph("No target was recorded.")]
         blocks: list[Block] = [
             Heading(2, "Targets (deployed student)"),
-            Table(["target", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
+            Paragraph("Each target deploys the student in its precision: INT8 targets the QAT student "
+                      "(model.onnx), fp16 targets the KD student in FP16 (fp16/), fp32 targets the FP32 KD student."),
+            Table(["target", "deploys", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
                    "executed precision", "SLO"], rows),
         ]
         for t in self.report["targets"]:
@@ -342,7 +348,7 @@ class _Renderer:
                                     [[c["key"], _num(c.get("limit")), _num(c.get("value")), _check_margin(c),
                                       {True: "ok", False: "FAIL"}.get(c.get("ok"), _MISSING)]
                                      for c in t["slo"]["checks"]]))
-            if t.get("int8_executed") is False and t["available"]:
+            if t.get("precision_mismatch") and t["available"]:
                 blocks.append(Paragraph(f"Warning: INT8 kernels did not execute; the runtime ran "
                                         f"{t.get('executed_precision') or 'another precision'}."))
             if t.get("warnings"):
@@ -372,7 +378,7 @@ class _Renderer:
                     items.append("Time goes to: " + ", ".join(
                         f"{layer.get('name')} [{layer.get('op')}] {_num(layer.get('time_ms'))} ms ({_pct(layer.get('share'))})"
                         for layer in slowest[:_TOP_LAYERS_EXPLAINED]) + ".")
-                    if t.get("int8_executed") is False:
+                    if t.get("precision_mismatch"):
                         items.append(f"INT8 kernels did not execute (ran {t.get('executed_precision')}); "
                                      "the quantized speed-up is missing on this target.")
                 if c["key"] == "min_metric_retention":
