@@ -7,6 +7,7 @@ one-line message on stderr and no traceback unless `--debug`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,12 +15,14 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgekd.errors import BadInput, EdgeKDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, distill, quantize, export and benchmark PyTorch models for edge targets.")
-console = Console()
+# Piped or redirected output gets wide lines instead of rich's 80-column default, so tables stay readable.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
@@ -48,7 +51,8 @@ def targets(as_json: bool = typer.Option(False, "--json", help="Print the profil
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"Target profiles on {isa_summary(host)}")
-    for col in ("name", "device", "runtime / device", "precision", "available", "why not / notes"):
+    table.add_column("name", no_wrap=True)  # a name is what the user types next: never cut it
+    for col in ("device", "runtime / device", "precision", "available", "why not / notes"):
         table.add_column(col)
     for row in rows:
         note = row["reason"] or "; ".join(row["warnings"])
@@ -77,6 +81,10 @@ def bench(
     from edgekd.io import write_json
     from edgekd.targets import load_target
 
+    if json_out is not None:
+        _output_file(json_out, "--json")
+    if retention is not None and not retention >= 0:
+        raise BadInput(f"--retention {retention}: a metric retention is a ratio >= 0 (student metric / teacher's)")
     result = benchmark(model=model, target=load_target(target), inputs=load_samples(data=data) if data else None,
                        dynamic_dims=parse_dims(dim) or None, warmup=warmup, min_iterations=iterations,
                        time_budget_s=seconds, measure_memory=memory, profile_layers=layers, top_layers=top,
@@ -88,9 +96,39 @@ def bench(
         raise typer.Exit(1)  # "not-measured" is not a failure of the model
 
 
-def _example_input(dataset):
+def _output_file(path: Path, flag: str) -> Path:
+    """Fail before the work, not after it, when a file output cannot be written there."""
+    if path.is_dir():
+        raise BadInput(f"{flag} {path}: is a directory; give a file path, e.g. {path / 'model.pt'}")
+    _creatable(path.parent, flag, path)
+    return path
+
+
+def _output_dir(path: Path, flag: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{flag} {path}: exists and is not a directory")
+    _creatable(path, flag, path)
+    return path
+
+
+def _creatable(folder: Path, flag: str, given: Path) -> None:
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"{flag} {given}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {given}: {existing} is not writable")
+
+
+def _example_input(dataset, command: str):
+    """One input batch of tensor data; text data is for Hugging Face encoders, which only `compress`
+    and `export` handle (they need the tokenizer saved with the teacher)."""
     import torch
 
+    if dataset.is_text:
+        raise BadInput(f"--data {dataset.name}: text data, which `edgekd {command}` does not take; for a Hugging Face "
+                       "text encoder run `edgekd compress --teacher MODEL_DIR --student layers:N --data TEXT`")
     return torch.from_numpy(dataset.x_val[:1])
 
 
@@ -119,6 +157,7 @@ def distill(
     from edgekd.io import write_json
     from edgekd.recipe import load_recipe
 
+    _output_dir(out, "--out")
     settings = dict(load_recipe(recipe).distill) if recipe else {}
     flags = {"mode": mode, "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "seed": seed}
     settings.update({k: v for k, v in flags.items() if v is not None})
@@ -159,15 +198,19 @@ def prune(
     from edgekd.steps import prune_with_recovery
     from edgekd.targets import load_target
 
+    _output_file(out, "--out")
+    if channel_multiple is not None and channel_multiple < 1:
+        raise BadInput(f"--channel-multiple {channel_multiple}: must be a whole number >= 1")
     source = load_model(model)
     dataset = load_data(data)
+    example = _example_input(dataset, "prune")
     result = prune_with_recovery(
         teacher=source.model, data=dataset, ratio=ratio, importance=importance, global_pruning=global_pruning,
         channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1),
         steps=steps, recovery_epochs=recovery_epochs, ignore_layers=ignore)
     save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [result.transform],
                     meta={"prune": result.report})
-    program = save_program(model=result.model, example_inputs=_example_input(dataset), path=out.with_suffix(".pt2"))
+    program = save_program(model=result.model, example_inputs=example, path=out.with_suffix(".pt2"))
     write_json(out.with_suffix(".json"), result.report)
     before, after = result.report["before"], result.report["after"]
     console.print(f"params {before['params']:,} -> {after['params']:,} ({result.report['params_ratio']:.2f}x), "
@@ -198,6 +241,7 @@ def quantize(
 
     if mode not in ("qat", "ptq"):
         raise BadInput(f"--mode '{mode}': expected qat or ptq")
+    _output_file(out, "--out")
     profile = load_target(target)
     source = load_model(model)
     dataset = load_data(data)
@@ -206,11 +250,15 @@ def quantize(
                                     distill=qat_distill_config(epochs=epochs, lr=lr))
     result = run_quantize(model=source.model, data=dataset, config=config,
                           teacher=load_model(teacher).model if teacher else None,
-                          target=profile if measurable else None, example_inputs=_example_input(dataset),
+                          target=profile if measurable else None, example_inputs=_example_input(dataset, "quantize"),
                           out_dir=out.parent / f"{out.stem}-work", resume=resume)
-    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [checkpoint_transform(result.model)],
-                    meta={"quantization": result.report.as_dict()})
+    kept = [] if result.kept_float else [checkpoint_transform(result.model)]
+    save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + kept,
+                    meta={"quantization": result.report.as_dict(), "kept_float": result.kept_float})
     console.print(result.report.summary())
+    if result.kept_float:
+        console.print(f"INT8 was slower than float for every layer kind on {profile.name}: the model stays float "
+                      "(--no-latency-aware quantizes anyway)")
     console.print(f"wrote {out}")
 
 
@@ -232,6 +280,7 @@ def export(
     from edgekd.export import export as run_export
     from edgekd.targets import load_target
 
+    _output_dir(out, "--out")
     wanted = tuple(f.strip() for f in formats.split(",") if f.strip())
     unknown = [f for f in wanted if f not in ("onnx", "openvino")]
     if unknown or not wanted:
@@ -240,15 +289,30 @@ def export(
     profile = load_target(target) if target else None
     static = static_shapes or (profile.static_shapes if profile else False)
     precision = precision or ("fp16" if profile and profile.precision == "fp16" else "fp32")
-    result = run_export(model=checkpoint, example_inputs=_example_input(dataset), out_dir=out, formats=wanted,
-                        parity_inputs=dataset.x_test, static_shapes=static, name=name, task=dataset.task,
-                        precision=precision)
+    if dataset.is_text:
+        result = _export_text_encoder(checkpoint, dataset, out=out, formats=wanted, name=name, precision=precision)
+    else:
+        result = run_export(model=checkpoint, example_inputs=_example_input(dataset, "export"), out_dir=out,
+                            formats=wanted, parity_inputs=dataset.x_test, static_shapes=static, name=name,
+                            task=dataset.task, precision=precision)
     for runtime, figures in result.parity.items():
-        console.print(f"{runtime}: top-1 agreement {figures.get('top1_agreement', float('nan')):.4f}, "
-                      f"cosine {figures.get('cosine', float('nan')):.6f}, "
-                      f"INT8 executed: {result.int8_executed.get(runtime)}")
+        top1 = f"top-1 agreement {figures['top1_agreement']:.4f}, " if "top1_agreement" in figures else ""
+        console.print(f"{runtime}: {top1}cosine {figures['cosine']:.6f}, INT8 executed: {result.int8_executed.get(runtime)}")
     console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else "")
                   + (" (FP16)" if result.precision == "fp16" else ""))
+
+
+def _export_text_encoder(checkpoint: Path, dataset, **options):
+    """A sentence-encoder checkpoint, exported with dynamic batch and sequence like `compress` does."""
+    from edgekd.checkpoint import load_checkpoint
+    from edgekd.hf import SentenceEncoder, export_encoder, load_tokenizer
+
+    model = load_checkpoint(checkpoint).model
+    if not isinstance(model, SentenceEncoder):
+        raise BadInput(f"{checkpoint}: {type(model).__name__} is not a text encoder, but --data {dataset.name} is text")
+    out = options.pop("out")
+    return export_encoder(model=model, tokenizer=load_tokenizer(path=model.source_dir), texts=dataset.x_test,
+                          out_dir=out, **options)
 
 
 @app.command()
@@ -283,7 +347,8 @@ def check(run_dir: Path = typer.Argument(..., help="A finished run directory (ho
         print(json.dumps(result.as_dict(), indent=2))
     else:
         colour = {"ok": "green", "stale": "yellow"}.get(result.status, "red")
-        console.print(f"[bold {colour}]{result.status}[/]: {len(result.verified)} artifacts verified")
+        unchecked = f"; {' and '.join(result.unchecked_inputs)} NOT re-checked" if result.unchecked_inputs else ""
+        console.print(f"[bold {colour}]{result.status}[/]: {len(result.verified)} artifacts verified{unchecked}")
         for problem in result.problems:
             console.print(f"  - {problem}")
     raise typer.Exit(result.exit_code)
@@ -308,6 +373,7 @@ def compress(
 
     resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
                            seed=seed, distill_epochs=epochs, quant_epochs=qat_epochs)
+    _output_dir(Path(resolved.out), "--out")
     result = run_compress(recipe=resolved, resume=resume, console=err_console)
     _print_summary(result.report)
     console.print(f"run directory: {result.out}  (report.md, report.html, report.json, manifest.json)")
@@ -336,6 +402,19 @@ def _print_summary(report: dict) -> None:
         verdicts.add_row(entry["name"], fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
                          entry["slo"]["verdict"] + ("" if entry["available"] else f" ({entry['reason']})"))
     console.print(verdicts)
+    for note in report.get("notes") or []:
+        console.print(f"note: {note}", markup=False)
+
+
+def _error(message: str) -> None:
+    """One line on stderr; the message is printed verbatim (shapes like [batch, 1, 8, 8] are not markup)."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+
+
+def _interrupted() -> int:
+    err_console.print("interrupted: finished stages and checkpoints are kept; re-run with --resume to continue",
+                      markup=False)
+    return 130
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -348,11 +427,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EdgeKDError as err:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
         return err.exit_code
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished stages and checkpoints are kept; re-run with --resume")
-        return 130
+        return _interrupted()
+    except OSError as err:  # an output or input path the system refuses: the user's to fix, not a crash
+        if debug:
+            raise
+        _error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
+        return 2
     except (typer.Exit, SystemExit) as stop:
         code = getattr(stop, "exit_code", None)
         return int(code if code is not None else getattr(stop, "code", 0) or 0)
@@ -361,8 +444,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return 2
-        if type(err).__name__ == "Abort":
-            return 130
+        if type(err).__name__ == "Abort":  # click's form of Ctrl-C
+            return _interrupted()
         raise
     return returned if isinstance(returned, int) else 0
 

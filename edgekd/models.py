@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,13 +141,26 @@ def resolve_factory(ref: str):
     if not sep or not module_name or not attr:
         raise BadInput(f"model reference '{ref}': expected 'package.module:factory', a checkpoint path or a model directory")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_here(module_name)
     except ImportError as err:
         raise BadInput(f"model reference '{ref}': cannot import module '{module_name}': {err}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise BadInput(f"model reference '{ref}': '{module_name}' has no callable '{attr}'")
     return factory
+
+
+def _import_from_here(module_name: str):
+    """Import a module, also from the working directory: `edgekd` behaves like `python -m edgekd`,
+    where a user's `models.py` beside them is importable. Appended, so it never shadows a package."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        if err.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        return importlib.import_module(module_name)
 
 
 def call_factory(ref: str, kwargs: dict | None = None) -> nn.Module:
@@ -157,7 +172,11 @@ def call_factory(ref: str, kwargs: dict | None = None) -> nn.Module:
             p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())}
     except (TypeError, ValueError):
         accepted = kwargs
-    model = factory(**accepted)
+    try:
+        model = factory(**accepted)
+    except Exception as err:  # the user's own code: name it and the cause (--debug shows the traceback)
+        cause = str(err).splitlines()[0][:200] if str(err) else ""
+        raise BadInput(f"model reference '{ref}': calling the factory failed: {type(err).__name__}: {cause}") from err
     if not isinstance(model, nn.Module):
         raise BadInput(f"model reference '{ref}': the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model

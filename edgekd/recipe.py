@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekd.errors import BadInput
 from edgekd.targets import read_yaml, validation_message
@@ -58,6 +58,22 @@ class Recipe(_Section):
     prune: PruneSection = PruneSection()
     quant: QuantSection = QuantSection()
     bench: BenchSection = BenchSection()
+
+    @field_validator("student")
+    @classmethod
+    def _student_spec(cls, spec: str) -> str:
+        """Checked here, before a run directory is touched, not when the prune step reaches it."""
+        kind, _, value = spec.partition(":")
+        if kind == "prune":
+            try:
+                ratio = float(value)
+            except ValueError:
+                ratio = float("nan")
+            if not 0 < ratio < 1:
+                raise ValueError(f"prune:RATIO needs RATIO in (0, 1), got '{value}'")
+        elif kind == "layers" and (not value.isdigit() or int(value) < 1):
+            raise ValueError(f"layers:N needs a whole number N >= 1, got '{value}'")
+        return spec
 
 
 def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, quant_epochs: int | None = None,

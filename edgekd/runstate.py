@@ -27,6 +27,12 @@ class RunState:
         self.out = Path(out)
         self.path = self.out / STATE_FILE
         self.fingerprint = fingerprint
+        if self.out.exists() and not self.out.is_dir():
+            raise BadInput(f"{self.out}: exists and is not a directory; choose another run directory")
+        if self.out.is_dir() and not self.path.is_file() and any(self.out.iterdir()):
+            # Starting a run clears a previous run's checkpoints/ and stages/: never in someone else's folder.
+            raise BadInput(f"{self.out}: not empty and not an edgekd run directory (no {STATE_FILE}); "
+                           "choose a new or empty run directory")
         previous = self._read() if self.path.is_file() else None
         if resume and previous is not None:
             if previous.get("fingerprint") != fingerprint:

@@ -109,6 +109,7 @@ def plan_targets(targets: list[Target]) -> TargetPlan:
     """One QAT student per distinct INT8 scheme among the targets; channel rounding satisfies every target."""
     if not targets:
         raise BadInput("no targets given: name at least one target profile (see `edgekd targets`)")
+    targets = list({t.name: t for t in targets}.values())  # a target named twice is served (and timed) once
     available = [t for t in targets if availability(t)[0]]
     groups: list[list[Target]] = []
     for t in (t for t in targets if t.precision == "int8"):
@@ -374,8 +375,7 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
         report = result.report.as_dict()
         choice = result.layer_choice
         report["latency_choice"] = choice.as_dict() if choice else None
-        kept_float = bool(choice and (choice.whole_model or {}).get("all_float"))  # INT8 was slower here
-        transforms = student.transforms + ([] if kept_float else [checkpoint_transform(result.model)])
+        transforms = student.transforms + ([] if result.kept_float else [checkpoint_transform(result.model)])
         report["targets"] = [t.name for t in group]
         return Variant(result.model, student.ref, transforms, {"history": result.history, "quantization": report})
 
@@ -582,19 +582,35 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "quantization": {"scheme": ctx.plan.scheme.model_dump(), "scheme_source": ctx.plan.scheme_source,
                          **artifacts[DEPLOYABLE].info.get("quantization", {})},
         "prune": ctx.run.stages.get("student", {}).get("info", {}).get("prune"),
-        "notes": ctx.plan.notes,
+        "notes": ctx.plan.notes + _teacher_notes(measured["metrics"]),
         "host": detect_host().as_dict(),
     }
     write_json(out / "report.json", report)
     manifest = build_manifest(
         run_dir=out,
-        teacher={"ref": ctx.recipe.teacher, "sha256": model_sha256(ctx.teacher.model)},
-        data={"name": ctx.data.name, "ref": ctx.recipe.data, "sha256": ctx.data.sha256,
+        teacher={"ref": _checkable_ref(ctx.recipe.teacher), "sha256": model_sha256(ctx.teacher.model)},
+        data={"name": ctx.data.name, "ref": _checkable_ref(ctx.recipe.data), "sha256": ctx.data.sha256,
               "provenance": ctx.data.provenance},
         recipe=ctx.recipe.model_dump(), hyperparameters=_hyperparameters(ctx), seed=ctx.recipe.seed)
     write_manifest(run_dir=out, manifest=manifest)
     render_report(run_dir=out)
     return report
+
+
+def _teacher_notes(metrics: dict) -> list[str]:
+    """A teacher that loses to the student trained without it was likely made for other data."""
+    teacher, baseline = metrics["teacher-fp32"], metrics["student-no-kd"]
+    if baseline["value"] - teacher["value"] <= 0.05:
+        return []
+    return [f"the FP32 teacher scores {teacher['value']:.3f} {teacher['name']} on the held-out data, below the student "
+            f"trained without it ({baseline['value']:.3f}): check that the teacher was trained for this data (input "
+            "size, preprocessing, labels); distilling from it can only hurt"]
+
+
+def _checkable_ref(ref: str) -> str:
+    """A file or folder reference made absolute, so `edgekd check` re-hashes it from any directory."""
+    path = Path(ref)
+    return str(path.resolve()) if path.exists() else ref
 
 
 def _curves(history: list[dict]) -> list[dict]:

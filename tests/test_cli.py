@@ -161,6 +161,9 @@ def test_stage_commands_reject_bad_input(run_cli, tmp_path):
     assert_clean_error(code, err, "--mode 'int4'")
     code, _, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0", "--data", "digits")
     assert_clean_error(code, err, "ratio")
+    code, _, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0.5", "--data", "digits",
+                           "--channel-multiple", "0")
+    assert_clean_error(code, err, "--channel-multiple 0")
 
 
 def test_prune_then_export_through_the_cli(run_cli, tmp_path):
@@ -192,3 +195,92 @@ def test_python_api_names_of_the_contract():
         assert callable(getattr(edgekd, name)), name
     assert edgekd.load_target("x86-cpu-openvino").runtime == "openvino"
     assert "response" in edgekd.distill.LOSSES  # the callable packages stay packages
+
+
+def test_compress_never_clears_a_folder_that_is_not_a_run(run_cli, tmp_path):
+    folder = tmp_path / "myproject"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "important.pt").write_text("the user's own file")
+    code, _, err = run_cli("compress", "--teacher", "edgekd.models:resnet", "--data", "digits", "--out", str(folder))
+    assert_clean_error(code, err, "not an edgekd run directory")
+    # a bad student spec fails before an earlier run's state is touched
+    run = tmp_path / "earlier-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "state.json").write_text("{}")
+    (run / "checkpoints" / "epoch.pt").write_text("resumable state")
+    code, _, err = run_cli("compress", "--student", "prune:1.5", "--out", str(run))
+    assert_clean_error(code, err, "prune:RATIO needs RATIO in (0, 1), got '1.5'")
+    assert (folder / "checkpoints" / "important.pt").is_file() and (run / "checkpoints" / "epoch.pt").is_file()
+
+
+def test_unusable_output_paths_are_input_errors_before_any_work(run_cli, tmp_path, tiny_onnx):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code, _, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0.5", "--data", "digits", "--out", str(tmp_path))
+    assert_clean_error(code, err, "is a directory")
+    code, _, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0.5", "--data", "digits",
+                           "--out", str(a_file / "pruned.pt"))
+    assert_clean_error(code, err, "is a file, not a directory")
+    code, _, err = run_cli("distill", "--student", "edgekd.models:resnet", "--data", "digits", "--no-kd",
+                           "--out", str(a_file))
+    assert_clean_error(code, err, "exists and is not a directory")
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", "x86-cpu-onnxruntime", "--json", str(tmp_path))
+    assert_clean_error(code, err, "--json", "is a directory")
+
+
+def test_error_text_in_brackets_is_printed_verbatim(run_cli, tiny_onnx):
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", "x86-cpu-onnxruntime", "--data", "digits32")
+    assert_clean_error(code, err, "[batch, 1, 8, 8]")
+    code, _, err = run_cli("bench", str(tiny_onnx), "--target", "x86-cpu-onnxruntime", "--retention", "-1")
+    assert_clean_error(code, err, "--retention -1.0")
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    import click
+
+    import edgekd.cli as cli
+
+    def interrupted(**kwargs):
+        raise click.exceptions.Abort()
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    assert cli.main(["distill"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "re-run with --resume" in err
+
+
+def test_console_script_imports_factories_from_the_working_directory(tmp_path):
+    """`edgekd` (not only `python -m edgekd`) finds a user's models.py beside them; a factory that
+    fails is an input error naming it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "usermodels.py").write_text(
+        "from torch import nn\n"
+        "def linear():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+        "def broken():\n    raise RuntimeError('boom in factory')\n")
+    script = Path(sys.executable).parent / "edgekd"
+
+    def edgekd(*args):
+        return subprocess.run([str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    done = edgekd("distill", "--student", "usermodels:linear", "--data", "digits", "--no-kd", "--epochs", "1",
+                  "--out", "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "student.pt").is_file()
+    assert "epoch 1/1" not in done.stdout  # progress goes to stderr; stdout has the results
+    failed = edgekd("distill", "--student", "usermodels:broken", "--data", "digits", "--no-kd", "--out", "out2")
+    assert_clean_error(failed.returncode, failed.stderr,
+                       "usermodels:broken", "calling the factory failed: RuntimeError: boom in factory")
+
+
+def test_text_data_with_an_image_model_is_named(run_cli, tmp_path):
+    pruned = tmp_path / "p.pt"
+    from edgekd.checkpoint import save_checkpoint
+    from edgekd.models import ModelRef
+
+    save_checkpoint(pruned, resnet(width=4), ref=ModelRef("edgekd.models:resnet", {"width": 4}))
+    code, _, err = run_cli("export", str(pruned), "--out", str(tmp_path / "x"), "--data", "fortunes")
+    assert_clean_error(code, err, "p.pt", "not a text encoder")
+    code, _, err = run_cli("quantize", str(pruned), "--data", "fortunes", "--out", str(tmp_path / "q.pt"))
+    assert_clean_error(code, err, "--data fortunes: text data", "edgekd compress")

@@ -4,6 +4,7 @@ layout, with a word-level tokenizer trained here: no download, seconds to run.""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -354,3 +355,20 @@ def test_embedding_metric_compares_similarity_structure_at_any_width():
     assert result["cosine_to_teacher"] is None and result["spearman"] == pytest.approx(1.0)
     assert result["recall_at_10"] == 1.0 and result["teacher_agreement"] == result["spearman"]
     assert metric.compute(teacher[:2], None, teacher[:2])["spearman"] is None  # too few texts to rank pairs
+
+
+def test_cli_exports_a_text_encoder_checkpoint(tiny, tmp_path, run_cli):
+    from edgekd.checkpoint import save_checkpoint
+    from edgekd.hf import model_ref
+
+    teacher, _ = tiny
+    cut = layer_student(teacher=teacher, num_layers=2)
+    checkpoint = save_checkpoint(tmp_path / "student.pt", cut.model, ref=model_ref(teacher), transforms=[cut.transform])
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(_toy_corpus(60)) + "\n")
+    code, out, err = run_cli("export", str(checkpoint), "--out", str(tmp_path / "exp"), "--data", str(corpus),
+                             "--format", "onnx", "--precision", "fp16")
+    assert code == 0, err
+    assert re.search(r"onnx: cosine (0\.999|1\.000)", out) and "(FP16)" in out
+    evidence = json.loads((tmp_path / "exp" / "model.export.json").read_text())
+    assert evidence["input_names"] == ["input_ids", "attention_mask"] and evidence["precision"] == "fp16"

@@ -180,3 +180,24 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     recipe.write_text(yaml.safe_dump({**tiny_recipe(out), "teacher": "edgekd.models:resnet"}))
     result = cli("compress", str(recipe), "--resume", timeout=300)
     assert result.returncode == 2 and "cannot resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_teacher_worse_than_the_no_kd_student_is_flagged():
+    from edgekd.steps import _teacher_notes
+
+    def metrics(teacher, baseline):
+        return {"teacher-fp32": {"name": "accuracy", "value": teacher},
+                "student-no-kd": {"name": "accuracy", "value": baseline}}
+
+    (note,) = _teacher_notes(metrics(0.284, 0.980))  # a 16x16 teacher fed 8x8 digits, as a user once did
+    assert "teacher scores 0.284 accuracy" in note and "(0.980)" in note
+    assert _teacher_notes(metrics(0.97, 0.99)) == []  # a student may edge past its teacher
+
+
+def test_manifest_refs_to_files_are_absolute(tmp_path, monkeypatch):
+    from edgekd.steps import _checkable_ref
+
+    monkeypatch.chdir(tmp_path)
+    Path("teacher.pt").write_text("x")
+    assert _checkable_ref("teacher.pt") == str(tmp_path / "teacher.pt")  # `check` works from any directory
+    assert _checkable_ref("edgekd.zoo:digits_teacher") == "edgekd.zoo:digits_teacher"

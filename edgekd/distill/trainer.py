@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -463,8 +464,10 @@ class Trainer:
         return StageResult(model, history, best_epoch, dict(record["val"]))
 
     def _progress(self) -> Progress:
+        # stderr, like every progress line: stdout carries results only (and stays pipeable)
         return Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[status]}"), disable=not self.show_progress, transient=False)
+                        TextColumn("{task.fields[status]}"), disable=not self.show_progress, transient=False,
+                        console=Console(stderr=True))
 
     def _status(self, epoch: int, record: dict) -> str:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in record["val"].items() if isinstance(v, float))

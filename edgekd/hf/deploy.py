@@ -66,12 +66,12 @@ def export_inputs(*, tokenizer, texts: Sequence[str], max_length: int = DEFAULT_
 
 def export_encoder(*, model: SentenceEncoder, tokenizer, texts: Sequence[str], out_dir: str | Path,
                    formats: Sequence[str] = ("onnx", "openvino"), name: str = "model",
-                   max_length: int = DEFAULT_MAX_LENGTH, gate: bool = True):
+                   max_length: int = DEFAULT_MAX_LENGTH, gate: bool = True, precision: str = "fp32"):
     """`edgekd.export.export` of `model` (float or fake-quantized) with dynamic batch and sequence length."""
     from edgekd.export import export
 
     return export(model=FeatureExtraction(model), out_dir=Path(out_dir), formats=formats, name=name, gate=gate,
-                  **export_inputs(tokenizer=tokenizer, texts=texts, max_length=max_length))
+                  precision=precision, **export_inputs(tokenizer=tokenizer, texts=texts, max_length=max_length))
 
 
 def _hf_config(encoder: SentenceEncoder) -> dict:

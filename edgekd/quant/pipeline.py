@@ -56,6 +56,11 @@ class QuantizeResult:
     history: list[dict]  # QAT epochs (empty for PTQ)
     layer_choice: LayerChoice | None
 
+    @property
+    def kept_float(self) -> bool:
+        """INT8 measured slower than float for every layer kind on the target: the model stays float."""
+        return bool(self.layer_choice and (self.layer_choice.whole_model or {}).get("all_float"))
+
 
 def quantize(*, model: nn.Module, data, config: QuantConfig | None = None, teacher: nn.Module | None = None,
              target: Target | None = None, example_inputs=None, layer_choice: LayerChoice | None = None,

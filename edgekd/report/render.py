@@ -275,6 +275,8 @@ class _Renderer:
             sentences.append("p50 speed-up vs the FP32 teacher: "
                              + ", ".join(f"{v:.2f}x on {k}" for k, v in speedups.items()) + ".")
         blocks: list[Block] = [Paragraph(" ".join(sentences), emphasis=True)]
+        if report.get("notes"):
+            blocks.append(Bullets([f"Note: {note}" for note in report["notes"]]))
         if absent:
             blocks.append(Paragraph("Not measured (verdict not-measured, never pass): "
                                     + "; ".join(f"{t['name']} ({t.get('reason') or 'device absent'})" for t in absent)))
