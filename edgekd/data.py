@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.errors import BadInput
 from edgekd.targets import bundled_dir, read_yaml, validation_message
@@ -66,6 +66,13 @@ class _Split(BaseModel):
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> "_Split":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no "
+                             "training data (their sum must be < 1)")
+        return self
+
 
 class DatasetSpec(BaseModel):
     """A `calibration/*.yaml` file: where the data comes from, not the data itself."""
@@ -95,13 +102,14 @@ def content_hash(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split):
+def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split, source: str):
     n = len(x)
     order = np.random.default_rng(split.seed).permutation(n)
     n_test = max(1, round(n * split.test_fraction))
     n_val = max(1, round(n * split.val_fraction))
     if n - n_test - n_val < 1:
-        raise BadInput(f"only {n} samples: too few for a train/val/test split")
+        raise BadInput(f"{source}: key 'split': val_fraction {split.val_fraction} and test_fraction "
+                       f"{split.test_fraction} leave no training sample of {n}")
     test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     pick = (lambda a, i: None if a is None else a[i])
     return x[train], pick(y, train), x[val], pick(y, val), x[test], pick(y, test)
@@ -201,7 +209,7 @@ def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, sourc
     num_classes = int(y.max()) + 1 if y is not None else None
     if y is not None and y.min() < UNLABELED:
         raise BadInput(f"{source}: labels must be >= 0 (or -1 for unlabeled), found {int(y.min())}")
-    parts = _split(x, y, split)
+    parts = _split(x, y, split, source)
     return Dataset(name, task, *parts, num_classes=num_classes, sha256=sha, provenance=provenance)
 
 
@@ -255,6 +263,8 @@ def load_data(ref: str | Path, *, labeled_fraction: float | None = None) -> Data
             x = _load_text_lines(path)
             dataset = _from_arrays(path.stem, x, None, split=_Split(), sha=content_hash(x),
                                    provenance={"file": str(path.resolve())}, source=str(path))
+    elif path.is_dir():
+        raise BadInput(f"data '{ref_str}': is a directory; give a dataset spec, an .npz or a text file")
     else:
         known = ", ".join(sorted(p.stem for p in CALIBRATION_DIR.glob("*.yaml")))
         raise BadInput(f"data '{ref_str}': no such file or dataset spec (specs: {known})")

@@ -72,9 +72,19 @@ def test_changed_snapshot_is_refused(tmp_path):
         load_data(spec)
 
 
-def test_unknown_data_names_the_known_specs():
+def test_unknown_data_names_the_known_specs(tmp_path):
     with pytest.raises(BadInput, match="digits"):
         load_data("no-such-dataset")
+    with pytest.raises(BadInput, match="is a directory"):
+        load_data(tmp_path)
+
+
+def test_a_split_that_leaves_no_training_data_names_the_spec_key(tmp_path):
+    spec = tmp_path / "greedy.yaml"
+    spec.write_text("name: greedy\nloader: sklearn-digits\ntask: classification\n"
+                    "split: {seed: 0, val_fraction: 0.9}\n")
+    with pytest.raises(BadInput, match=r"greedy.yaml: key 'split'.*val_fraction 0.9 \+ test_fraction 0.2 leave no"):
+        load_data(spec)
 
 
 def test_fortunes_text_when_installed():

@@ -82,8 +82,8 @@ class DistillResult:
     stages: list["DistillResult"] = field(default_factory=list)  # earlier stages (assistant, generations)
 
 
-def close_matches(name: str, candidates, limit: int = 5) -> str:
-    """'close matches: a, b' for an error message, or a short sample of what exists."""
+def close_matches(name: str, candidates, limit: int = 12) -> str:
+    """'close matches: a, b' for an error message, or what exists (a sample only of long lists)."""
     candidates = list(candidates)
     near = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
     if near:
