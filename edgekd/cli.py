@@ -201,6 +201,8 @@ def prune(
     _output_file(out, "--out")
     if channel_multiple is not None and channel_multiple < 1:
         raise BadInput(f"--channel-multiple {channel_multiple}: must be a whole number >= 1")
+    if recovery_epochs < 0:
+        raise BadInput(f"--recovery-epochs {recovery_epochs}: must be >= 0")
     source = load_model(model)
     dataset = load_data(data)
     example = _example_input(dataset, "prune")

@@ -101,5 +101,6 @@ def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, q
         raise BadInput(validation_message(source, err)) from None
     from edgekd.distill import config_from_mapping
 
-    config_from_mapping(recipe.distill, source=f"{source}: distill")  # fail before any work starts
+    flag = " (epochs from --epochs)" if distill_epochs is not None else ""
+    config_from_mapping(recipe.distill, source=f"{source}: distill{flag}")  # fail before any work starts
     return recipe

@@ -212,6 +212,9 @@ def test_bad_arguments_are_named():
     no_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 3))
     with pytest.raises(BadInput, match="no batch-norm"):
         prune(model=no_bn, example_inputs=X, ratio=0.5, importance="bn_scale")
+    # first and last layers are protected by default: a two-conv model has nothing left to prune
+    with pytest.raises(BadInput, match="nothing was pruned from Sequential at ratio 0.5"):
+        prune(model=no_bn, example_inputs=X, ratio=0.5)
 
 
 def test_ignored_layer_keeps_its_outputs():

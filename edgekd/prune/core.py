@@ -301,6 +301,10 @@ def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_mul
             work.eval()
     record_pretrained_config(work)
     after, macs_after = _cost(work, example_inputs)
+    if after.params >= before.params:
+        raise BadInput(f"nothing was pruned from {type(model).__name__} at ratio {ratio}: every prunable layer is "
+                       f"protected (ignore_layers, first/last layers) or too small to lose a block of "
+                       f"{channel_multiple} channel(s)")
     names = {module: name for name, module in work.named_modules()}
     report = PruneReport(
         ratio=float(ratio), importance=importance, global_pruning=global_pruning, channel_multiple=channel_multiple,
