@@ -6,6 +6,7 @@ one-line message on stderr and no traceback unless `--debug`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -278,8 +279,10 @@ def export(
         None, "--precision", help="fp32 or fp16 for a float model (default: fp16 if the --target profile runs fp16)."),
 ):
     """ONNX (QDQ where quantized, FP16 on request) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
+    from edgekd.checkpoint import load_checkpoint
     from edgekd.data import load_data
     from edgekd.export import export as run_export
+    from edgekd.quant import FakeQuantizer
     from edgekd.targets import load_target
 
     _output_dir(out, "--out")
@@ -290,11 +293,15 @@ def export(
     dataset = load_data(data)
     profile = load_target(target) if target else None
     static = static_shapes or (profile.static_shapes if profile else False)
-    precision = precision or ("fp16" if profile and profile.precision == "fp16" else "fp32")
+    model = load_checkpoint(checkpoint).model
+    if precision is None:  # an fp16 profile asks for FP16, of a float model; a fake-quant one exports INT8
+        quantized = any(isinstance(m, FakeQuantizer) for m in model.modules())
+        precision = "fp16" if profile and profile.precision == "fp16" and not quantized else "fp32"
     if dataset.is_text:
-        result = _export_text_encoder(checkpoint, dataset, out=out, formats=wanted, name=name, precision=precision)
+        result = _export_text_encoder(model, checkpoint, dataset, out=out, formats=wanted, name=name,
+                                      precision=precision)
     else:
-        result = run_export(model=checkpoint, example_inputs=_example_input(dataset, "export"), out_dir=out,
+        result = run_export(model=model, example_inputs=_example_input(dataset, "export"), out_dir=out,
                             formats=wanted, parity_inputs=dataset.x_test, static_shapes=static, name=name,
                             task=dataset.task, precision=precision)
     for runtime, figures in result.parity.items():
@@ -304,12 +311,10 @@ def export(
                   + (" (FP16)" if result.precision == "fp16" else ""))
 
 
-def _export_text_encoder(checkpoint: Path, dataset, **options):
+def _export_text_encoder(model, checkpoint: Path, dataset, **options):
     """A sentence-encoder checkpoint, exported with dynamic batch and sequence like `compress` does."""
-    from edgekd.checkpoint import load_checkpoint
     from edgekd.hf import SentenceEncoder, export_encoder, load_tokenizer
 
-    model = load_checkpoint(checkpoint).model
     if not isinstance(model, SentenceEncoder):
         raise BadInput(f"{checkpoint}: {type(model).__name__} is not a text encoder, but --data {dataset.name} is text")
     out = options.pop("out")
@@ -408,14 +413,19 @@ def _print_summary(report: dict) -> None:
         console.print(f"note: {note}", markup=False)
 
 
+# A path the system refuses (a directory where a file goes, no permission, ...): the user's to fix.
+_PATH_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
+                errno.ENAMETOOLONG}
+
+
 def _error(message: str) -> None:
     """One line on stderr; the message is printed verbatim (shapes like [batch, 1, 8, 8] are not markup)."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def _interrupted() -> int:
-    err_console.print("interrupted: finished stages and checkpoints are kept; re-run with --resume to continue",
-                      markup=False)
+    err_console.print("interrupted: finished stages and checkpoints are kept; compress, distill and quantize "
+                      "continue from them when re-run with --resume", markup=False)
     return 130
 
 
@@ -433,8 +443,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return _interrupted()
-    except OSError as err:  # an output or input path the system refuses: the user's to fix, not a crash
-        if debug:
+    except OSError as err:
+        if debug or err.errno not in _PATH_ERRORS:  # a full disk or an I/O fault is not bad input
             raise
         _error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
         return 2

@@ -3,7 +3,8 @@
     1. prune      make the student (given, `prune:R` from the teacher, or `layers:N`)
     2. distill    KD into the FP32 student; the same loop without KD is the baseline
     3. quantize   QAT+KD to INT8 as the target's kernels want; PTQ of the teacher as a baseline
-    4. export     ONNX (QDQ) and OpenVINO IR for every variant (+ FP16 for fp16 targets), parity-gated
+    4. export     ONNX (QDQ) and OpenVINO IR for every variant (+ FP16 for fp16 targets), parity-gated;
+                  the run root holds what the first target deploys
     5. benchmark  every variant as an exported artifact on every available target; each target's
                   full benchmark is of what it deploys (INT8, FP16 or FP32 student by its precision)
     6. report     report.json/.md/.html with plots, and manifest.json
@@ -24,7 +25,7 @@ from edgekd import steps as S
 from edgekd.checkpoint import load_model, model_sha256
 from edgekd.data import load_data
 from edgekd.recipe import Recipe
-from edgekd.runstate import RunState
+from edgekd.runstate import RunState, check_run_folder
 from edgekd.targets import load_target
 
 
@@ -40,6 +41,7 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     recipe = recipe or Recipe()
     console = console or Console(stderr=True)
     stages = S.StageLog(console, total=6)
+    check_run_folder(Path(recipe.out))  # before the teacher (which may train) and the data load
 
     teacher = load_model(recipe.teacher)
     data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)

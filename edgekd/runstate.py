@@ -22,17 +22,23 @@ from edgekd.models import ModelRef
 STATE_FILE = "state.json"
 
 
+def check_run_folder(out: Path) -> None:
+    """Refuse, before any work, a run directory edgekd may not use: a file, or a non-empty folder that
+    is not an earlier run (starting over empties an earlier run's folder; never someone else's)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: exists and is not a directory; choose another run directory")
+    if out.is_dir() and not (out / STATE_FILE).is_file() and any(out.iterdir()):
+        raise BadInput(f"{out}: not empty and not an edgekd run directory (no {STATE_FILE}); "
+                       "choose a new or empty run directory")
+
+
 class RunState:
     def __init__(self, out: Path, *, resume: bool, fingerprint: dict):
         self.out = Path(out)
         self.path = self.out / STATE_FILE
         self.fingerprint = fingerprint
-        if self.out.exists() and not self.out.is_dir():
-            raise BadInput(f"{self.out}: exists and is not a directory; choose another run directory")
-        if self.out.is_dir() and not self.path.is_file() and any(self.out.iterdir()):
-            # Starting a run clears a previous run's checkpoints/ and stages/: never in someone else's folder.
-            raise BadInput(f"{self.out}: not empty and not an edgekd run directory (no {STATE_FILE}); "
-                           "choose a new or empty run directory")
+        check_run_folder(self.out)
         previous = self._read() if self.path.is_file() else None
         if resume and previous is not None:
             if previous.get("fingerprint") != fingerprint:
@@ -42,13 +48,12 @@ class RunState:
             self.stages: dict = previous.get("stages", {})
         else:
             self.stages = {}
-            if not resume:
-                for stale in ("checkpoints", "stages", STATE_FILE):
-                    target = self.out / stale
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
+            if not resume and self.out.is_dir():  # an earlier run (check_run_folder): its artifacts would mix
+                for stale in self.out.iterdir():     # into this run's manifest, so the folder starts empty
+                    if stale.is_dir() and not stale.is_symlink():
+                        shutil.rmtree(stale)
+                    else:
+                        stale.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         self._write()
 

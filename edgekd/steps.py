@@ -85,6 +85,15 @@ class TargetPlan:
         return next(name for name, group in self.int8_variants().items() if target in group)
 
     @property
+    def primary(self) -> str:
+        """The run-root deployable (DIR/model.onnx): what the first target deploys."""
+        return self.deployed_variant(self.targets[0])
+
+    @property
+    def deployed(self) -> set[str]:
+        return {self.deployed_variant(t) for t in self.targets}
+
+    @property
     def scheme(self) -> QuantScheme:
         return self.int8_target.quantization if self.int8_target else QuantScheme()
 
@@ -109,7 +118,11 @@ def plan_targets(targets: list[Target]) -> TargetPlan:
     """One QAT student per distinct INT8 scheme among the targets; channel rounding satisfies every target."""
     if not targets:
         raise BadInput("no targets given: name at least one target profile (see `edgekd targets`)")
-    targets = list({t.name: t for t in targets}.values())  # a target named twice is served (and timed) once
+    by_name: dict[str, Target] = {}
+    for t in targets:  # a target named twice is served (and timed) once; two different ones, refused
+        if by_name.setdefault(t.name, t) != t:
+            raise BadInput(f"two different target profiles are named '{t.name}': rename one (its 'name' key)")
+    targets = list(by_name.values())
     available = [t for t in targets if availability(t)[0]]
     groups: list[list[Target]] = []
     for t in (t for t in targets if t.precision == "int8"):
@@ -419,20 +432,19 @@ class Artifact:
 
 
 def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Artifact]:
-    """Every variant exported the same way; the INT8 deployable goes to the run root, the FP16 one
-    (for fp16 targets) to fp16/, the rest to variants/."""
+    """Every variant exported the same way; the first target's deployable goes to the run root, the
+    rest to variants/<name>/ (text runs: each deployed student with its Optimum folder, hf/)."""
     from edgekd.export import export
 
     artifacts = {}
     for name, variant in variants.items():
-        out_dir = {DEPLOYABLE: ctx.run.out, FP16_VARIANT: ctx.run.out / "fp16"}.get(
-            name, ctx.run.out / "variants" / name)
+        out_dir = ctx.run.out if name == ctx.plan.primary else ctx.run.out / "variants" / name
         precision = "fp16" if name == FP16_VARIANT else "fp32"
 
         def run_export(variant=variant, out_dir=out_dir, name=name, precision=precision) -> dict:
             result = export(model=_export_view(ctx, variant.model), out_dir=out_dir, formats=_formats(ctx, name),
                             static_shapes=ctx.plan.static_shapes, precision=precision, **_export_inputs(ctx))
-            if name in (DEPLOYABLE, FP16_VARIANT) and ctx.data.is_text:
+            if name in ctx.plan.deployed and ctx.data.is_text:
                 from edgekd.hf import write_optimum_layout
 
                 write_optimum_layout(out_dir=out_dir / "hf", encoder=variant.model, tokenizer=ctx.tokenizer,
@@ -518,7 +530,7 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
         full.append({**entry, "variant": deployed.variant,
                      "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix()})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
-            "retention": retention(DEPLOYABLE)}
+            "retention": retention(ctx.plan.primary)}
 
 
 def _runtime_inputs(ctx: Context):
@@ -549,19 +561,21 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
     from edgekd.report import audit, build_manifest, render_report, write_manifest
 
     out = ctx.run.out
-    ablation = []
-    for name in [*VARIANTS, *(v for v in artifacts if v not in VARIANTS)]:
+    primary = ctx.plan.primary
+
+    def row(name: str) -> dict:
         artifact = artifacts[name]
-        ablation.append({
+        return {
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
             "size_mb": round(_size_mb(artifact), 4),
             "precision": artifact.executed_precision,
             "artifact": str(artifact.onnx.relative_to(out)),
             "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
             "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},
-        })
-    teacher_p50 = ablation[0]["latency_p50_ms"]
-    final_p50 = ablation[-1]["latency_p50_ms"]
+        }
+
+    teacher_p50 = {t: m["p50"] for t, m in measured["latency"]["teacher-fp32"].items()}
+    final_p50 = {t: m["p50"] for t, m in measured["latency"][primary].items()}
     preds = measured["predictions"]
     report = {
         "edgekd_version": __version__,
@@ -569,15 +583,18 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "task": ctx.data.task,
         "run": {"teacher": ctx.recipe.teacher, "student": ctx.recipe.student, "data": ctx.recipe.data,
                 "targets": [t.name for t in ctx.plan.targets], "wall_time_s": round(time.time() - started, 1)},
-        "ablation": ablation,
+        "ablation": [row(name) for name in VARIANTS],
+        # students made for particular targets (FP16, another INT8 scheme), measured the same way
+        "deployables": [row(name) for name in artifacts if name not in VARIANTS],
+        "deployed": primary,  # the run root's model: what the first target deploys
         "targets": measured["targets"],
-        "parity": artifacts[DEPLOYABLE].parity,
-        "int8_executed": artifacts[DEPLOYABLE].int8_executed,
+        "parity": artifacts[primary].parity,
+        "int8_executed": artifacts[primary].int8_executed,
         "retention": measured["retention"],
         "speedup_vs_teacher": {t: teacher_p50[t] / final_p50[t] for t in final_p50 if final_p50[t]},
-        "training": {name: _curves(artifacts[name].info["history"]) for name in VARIANTS
-                     if artifacts[name].info.get("history")},
-        "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds["teacher-fp32"], student_pred=preds[DEPLOYABLE])
+        "training": {name: _curves(artifact.info["history"]) for name, artifact in artifacts.items()
+                     if artifact.info.get("history") and name != FP16_VARIANT},  # FP16: the KD student's curves
+        "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds["teacher-fp32"], student_pred=preds[primary])
         if ctx.data.task == "classification" else None,
         "quantization": {"scheme": ctx.plan.scheme.model_dump(), "scheme_source": ctx.plan.scheme_source,
                          **artifacts[DEPLOYABLE].info.get("quantization", {})},

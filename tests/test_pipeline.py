@@ -56,7 +56,12 @@ def test_run_directory_satisfies_the_contract(finished_run):
     assert list((out / "plots").glob("*.png"))
     report = json.loads((out / "report.json").read_text())
     rows = {row["variant"]: row for row in report["ablation"]}
-    assert set(rows) == VARIANTS | {"student-kd-fp16", PER_TENSOR}
+    assert set(rows) == VARIANTS  # the contract's five; students made for particular targets are listed apart
+    assert {row["variant"] for row in report["deployables"]} == {"student-kd-fp16", PER_TENSOR}
+    assert report["deployed"] == "student-kd-qat-int8"  # the run root holds what the first target deploys
+    speedups = report["speedup_vs_teacher"]
+    assert speedups["x86-cpu-onnxruntime"] == pytest.approx(rows["teacher-fp32"]["latency_p50_ms"]["x86-cpu-onnxruntime"]
+                                                            / rows["student-kd-qat-int8"]["latency_p50_ms"]["x86-cpu-onnxruntime"])
     for row in rows.values():
         assert {"metric", "params", "size_mb", "latency_p50_ms"} <= set(row)
         assert 0.0 <= row["metric"]["value"] <= 1.0 and row["metric"]["name"] == "accuracy"
@@ -80,16 +85,17 @@ def test_fp16_target_deploys_the_kd_student_in_fp16(finished_run):
     out, _ = finished_run
     report = json.loads((out / "report.json").read_text())
     gpu = next(t for t in report["targets"] if t["name"] == "nvidia-gpu-onnxruntime-cuda")
-    assert (gpu["variant"], gpu["artifact"]) == ("student-kd-fp16", "fp16/model.onnx")
+    assert (gpu["variant"], gpu["artifact"]) == ("student-kd-fp16", "variants/student-kd-fp16/model.onnx")
     assert gpu["slo"]["verdict"] == "not-measured"  # no CUDA here: named, never passed
     graph = onnx.load(str(out / gpu["artifact"]))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
-    rows = {row["variant"]: row for row in report["ablation"]}
+    rows = {row["variant"]: row for row in report["ablation"] + report["deployables"]}
     fp16, fp32 = rows["student-kd-fp16"], rows["student-kd-fp32"]
     assert fp16["precision"] == "fp16" and fp16["params"] == fp32["params"]
     assert abs(fp16["metric"]["value"] - fp32["metric"]["value"]) <= 0.01  # measured from the FP16 file itself
     assert fp16["size_mb"] < 0.8 * fp32["size_mb"]  # weights halve; graph overhead does not (tiny model)
-    assert "fp16/model.onnx" in json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert gpu["artifact"] in json.loads((out / "manifest.json").read_text())["artifacts"]
+    assert "student-kd-fp16" not in report["training"]  # the KD student's curves are not repeated
     assert "student-kd-fp16" in (out / "report.md").read_text()
 
 
@@ -201,3 +207,21 @@ def test_manifest_refs_to_files_are_absolute(tmp_path, monkeypatch):
     Path("teacher.pt").write_text("x")
     assert _checkable_ref("teacher.pt") == str(tmp_path / "teacher.pt")  # `check` works from any directory
     assert _checkable_ref("edgekd.zoo:digits_teacher") == "edgekd.zoo:digits_teacher"
+
+
+def test_starting_over_empties_an_earlier_run_but_never_a_foreign_folder(tmp_path):
+    from edgekd.errors import BadInput
+    from edgekd.runstate import RunState, check_run_folder
+
+    earlier = tmp_path / "run"
+    (earlier / "variants" / "student-kd-qat-int8-old-target").mkdir(parents=True)
+    (earlier / "variants" / "student-kd-qat-int8-old-target" / "model.onnx").write_text("from another plan")
+    (earlier / "state.json").write_text("{}")
+    RunState(earlier, resume=False, fingerprint={"recipe": "new"})
+    assert sorted(p.name for p in earlier.iterdir()) == ["state.json"]  # nothing stale reaches the manifest
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_text("x")
+    with pytest.raises(BadInput, match="not an edgekd run directory"):
+        check_run_folder(foreign)
+    assert (foreign / "cat.jpg").is_file()

@@ -139,6 +139,16 @@ def test_targets_deploying_different_students_are_named_as_such(tmp_path):
     assert "| x86-cpu-per-tensor | student-kd-qat-int8-x86-cpu-per-tensor | yes |" in md  # the "deploys" column
 
 
+def test_a_run_whose_targets_all_deploy_the_fp16_student_names_it(tmp_path):
+    report = synthetic_report(latency_ok=True)
+    for target in report["targets"]:
+        target["variant"] = "student-kd-fp16"
+    run_dir = _write(tmp_path / "run", report)
+    render_report(run_dir=run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert "The deployed student (student-kd-fp16) meets every SLO" in md and "The INT8 student" not in md
+
+
 def test_headline_says_pass_when_every_measured_target_passes(tmp_path):
     run_dir = _write(tmp_path / "run", synthetic_report(latency_ok=True))
     render_report(run_dir=run_dir)

@@ -251,9 +251,12 @@ class _Renderer:
         absent = [t for t in report["targets"] if not t["available"]]
         who = f"The INT8 student ({STUDENT_VARIANT})" if _ablation_row(report, STUDENT_VARIANT) else "The student"
         meets, does, it = "meets", "does", "It"
-        deployed = sorted({t["variant"] for t in measured if t.get("variant")})
+        root = report.get("deployed") or STUDENT_VARIANT
+        deployed = sorted({t["variant"] for t in (measured or report["targets"]) if t.get("variant")})
         if len(deployed) > 1:  # targets of different precisions or INT8 schemes deploy different students
-            who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", STUDENT_VARIANT
+            who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", root
+        elif deployed and deployed[0] != STUDENT_VARIANT:  # e.g. only fp16 targets: the FP16 student
+            who = f"The deployed student ({deployed[0]})"
         if not measured:
             verdict = f"{who} was not measured on any target here, so no SLO verdict is given."
         else:
@@ -286,19 +289,25 @@ class _Renderer:
     def ablation(self) -> list[Block]:
         report = self.report
         names = _latency_targets(report)
-        rows = []
-        for row in report["ablation"]:
-            latencies = row.get("latency_p50_ms") or {}
-            rows.append([row["variant"], str(row.get("precision", _MISSING)), _metric(row["metric"]["value"]),
-                         _num(row.get("params")), _num(row.get("size_mb")), *(_num(latencies.get(n)) for n in names)])
-        if not rows:
+
+        def table(variants: list[dict]) -> Table:
+            rows = [[row["variant"], str(row.get("precision", _MISSING)), _metric(row["metric"]["value"]),
+                     _num(row.get("params")), _num(row.get("size_mb")),
+                     *(_num((row.get("latency_p50_ms") or {}).get(n)) for n in names)] for row in variants]
+            return Table(["variant", "precision", self.metric_name, "params", "size MB",
+                          *(f"p50 ms {n}" for n in names)], rows)
+
+        if not report["ablation"]:
             return [Heading(2, "Ablation"), Paragraph("No ablation variant was recorded.")]
         blocks: list[Block] = [
             Heading(2, "Ablation"),
             Paragraph("Each variant is measured as an exported artifact on every available target, "
                       "on the same held-out data."),
-            Table(["variant", "precision", self.metric_name, "params", "size MB", *(f"p50 ms {n}" for n in names)], rows),
+            table(report["ablation"]),
         ]
+        if report.get("deployables"):
+            blocks += [Paragraph("Students made for particular targets (FP16, another INT8 scheme), measured the "
+                                 "same way:"), table(report["deployables"])]
         teacher = _ablation_row(report, TEACHER_VARIANT)
         targets = {t["name"]: t for t in report["targets"]}
         for name in names:
@@ -332,8 +341,9 @@ class _Renderer:
             return [Heading(2, "Targets (deployed student)"), Paragraph("No target was recorded.")]
         blocks: list[Block] = [
             Heading(2, "Targets (deployed student)"),
-            Paragraph("Each target deploys the student in its precision: INT8 targets the QAT student "
-                      "(model.onnx), fp16 targets the KD student in FP16 (fp16/), fp32 targets the FP32 KD student."),
+            Paragraph("Each target deploys the student in its precision: INT8 targets a QAT student in the scheme "
+                      "their kernels want, fp16 targets the KD student in FP16, fp32 targets the FP32 KD student. "
+                      "The run root's model.onnx is what the first target deploys."),
             Table(["target", "deploys", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
                    "executed precision", "SLO"], rows),
         ]
