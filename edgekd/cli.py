@@ -396,17 +396,21 @@ def _print_summary(report: dict) -> None:
     table.add_column("size MB", justify="right")
     for name in targets:
         table.add_column(f"p50 ms {name}", justify="right")
-    for row in report["ablation"]:
+    for index, row in enumerate(report["ablation"] + report.get("deployables", [])):
+        if index == len(report["ablation"]):
+            table.add_section()  # below: students made for particular targets (FP16, another INT8 scheme)
         table.add_row(row["variant"], f"{row['metric']['value']:.4f}", f"{row['params']:,}", f"{row['size_mb']:.3f}",
                       *[f"{row['latency_p50_ms'][t]:.3f}" for t in targets])
     console.print(table)
     verdicts = Table(title="Deployable student against each target's SLOs")
-    for col in ("target", "p50 ms", "p95 ms", "peak MB", "verdict"):
+    mixed = len({entry.get("variant") for entry in report["targets"]}) > 1  # then say who each target deploys
+    for col in ("target", *(("deploys",) if mixed else ()), "p50 ms", "p95 ms", "peak MB", "verdict"):
         verdicts.add_column(col)
     for entry in report["targets"]:
         lat = entry.get("latency_ms") or {}
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
-        verdicts.add_row(entry["name"], fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
+        verdicts.add_row(entry["name"], *((entry.get("variant") or "-",) if mixed else ()),
+                         fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
                          entry["slo"]["verdict"] + ("" if entry["available"] else f" ({entry['reason']})"))
     console.print(verdicts)
     for note in report.get("notes") or []:

@@ -82,7 +82,8 @@ def test_run_directory_satisfies_the_contract(finished_run):
 
 
 def test_fp16_target_deploys_the_kd_student_in_fp16(finished_run):
-    out, _ = finished_run
+    out, done = finished_run
+    assert "student-kd-fp16" in done.stdout and "deploys" in done.stdout  # the summary says who each target runs
     report = json.loads((out / "report.json").read_text())
     gpu = next(t for t in report["targets"] if t["name"] == "nvidia-gpu-onnxruntime-cuda")
     assert (gpu["variant"], gpu["artifact"]) == ("student-kd-fp16", "variants/student-kd-fp16/model.onnx")
