@@ -8,6 +8,7 @@ they are distilled from the teacher alone.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -160,6 +161,8 @@ def _load_fortunes(spec: DatasetSpec, source: str):
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    if not zipfile.is_zipfile(path):  # numpy would blame "pickled data" for any non-zip file
+        raise BadInput(f"{path}: not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:

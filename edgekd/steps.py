@@ -210,8 +210,22 @@ def _stored(ctx: Context, stage: str, build) -> Variant:
 
 # ---- 1. prune ---------------------------------------------------------------------------------
 
+def _check_teacher_takes_data(ctx: Context) -> None:
+    """A teacher made for other data fails here, naming both, rather than deep inside a stage."""
+    example = ctx.example_input
+    inputs = example if isinstance(example, tuple) else (example,)
+    try:
+        with torch.no_grad():
+            ctx.teacher.model.eval()(*inputs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise BadInput(f"teacher '{ctx.recipe.teacher}' does not take --data '{ctx.recipe.data}' samples "
+                       f"(shape {shapes}): {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+
+
 def make_student(ctx: Context) -> Variant:
     spec = ctx.recipe.student
+    _check_teacher_takes_data(ctx)
 
     def build() -> Variant:
         if ctx.data.is_text and spec.startswith(("layers:", "prune:")):

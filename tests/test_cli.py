@@ -213,6 +213,16 @@ def test_compress_never_clears_a_folder_that_is_not_a_run(run_cli, tmp_path):
     assert (folder / "checkpoints" / "important.pt").is_file() and (run / "checkpoints" / "epoch.pt").is_file()
 
 
+def test_a_teacher_made_for_other_data_is_named_with_the_data_shape(run_cli, tmp_path):
+    import numpy as np
+
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, x=np.random.default_rng(0).random((40, 3, 8, 8), dtype=np.float32), y=np.arange(40) % 10)
+    code, _, err = run_cli("compress", "--teacher", "edgekd.models:resnet", "--data", str(rgb),
+                           "--out", str(tmp_path / "run"))
+    assert_clean_error(code, err, "teacher 'edgekd.models:resnet' does not take --data", "(1, 3, 8, 8)")
+
+
 def test_unusable_output_paths_are_input_errors_before_any_work(run_cli, tmp_path, tiny_onnx):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")

@@ -57,6 +57,13 @@ def test_bad_npz_is_bad_input(tmp_path, arrays, fragment):
         load_data(path)
 
 
+def test_a_file_that_is_not_an_npz_archive_says_so(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("hello")
+    with pytest.raises(BadInput, match="notes.npz: not an .npz archive"):
+        load_data(path)
+
+
 def test_text_file_one_sample_per_line(tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text("\n".join(f"sentence number {i}" for i in range(30)) + "\n\n")
