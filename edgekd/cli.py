@@ -136,7 +136,8 @@ def _example_input(dataset, command: str):
 @app.command()
 def distill(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or model dir."),
-    student: str = typer.Option(..., "--student", help="module:factory or checkpoint of the student."),
+    student: str = typer.Option(..., "--student",
+                                help="module:factory or checkpoint; with text data also layers:N or prune:R."),
     data: str = typer.Option(..., "--data", help="Dataset spec name/YAML, .npz, or text file."),
     out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output directory."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML with a 'distill:' section."),
@@ -166,8 +167,12 @@ def distill(
         settings["kd"] = False
     config = config_from_mapping(settings, source=str(recipe or "command line"))
     dataset = load_data(data, labeled_fraction=labeled_fraction)
-    source = load_model(student)
-    result = run_distill(student=source.model, teacher=load_model(teacher).model if teacher else None,
+    teacher_model = load_model(teacher).model if teacher else None
+    if dataset.is_text:
+        source, config = _encoder_distill(teacher_model, student, config, settings)
+    else:
+        source = load_model(student)
+    result = run_distill(student=source.model, teacher=teacher_model,
                          assistant=load_model(assistant).model if assistant else None, data=dataset,
                          config=config, out_dir=out, resume=resume)
     save_checkpoint(out / "student.pt", result.model, ref=source.ref, transforms=source.transforms,
@@ -175,6 +180,28 @@ def distill(
     write_json(out / "distill.json", {"history": result.history, "metrics": result.metrics})
     console.print(f"best epoch {result.best_epoch}: {result.metrics}")
     console.print(f"wrote {out / 'student.pt'}")
+
+
+def _encoder_distill(teacher, student: str, config, settings: dict):
+    """Text data: a Hugging Face encoder teacher, a student spec (`layers:N`, `prune:R`, a checkpoint or
+    factory), and the encoder KD recipe `compress` uses (pooled cosine + hidden + attention hints)."""
+    from edgekd.checkpoint import LoadedModel, load_model
+    from edgekd.hf import SentenceEncoder, encode_batch, encoder_kd_config, load_tokenizer, make_student, model_ref
+
+    if not isinstance(teacher, SentenceEncoder):
+        raise BadInput("--data is text: distilling text needs --teacher a Hugging Face model directory "
+                       "(a sentence encoder), which gives the student its tokenizer and targets")
+    if not config.kd:
+        raise BadInput("--no-kd with text data: unlabeled text gives no training signal without the teacher")
+    tokenizer = load_tokenizer(path=teacher.source_dir)
+    if student.startswith(("layers:", "prune:")):
+        made = make_student(teacher=teacher, spec=student,
+                            example_inputs=encode_batch(tokenizer=tokenizer, texts=["a b", "c d e"]))
+        source = LoadedModel(made.model, model_ref(teacher), [made.transform], {})
+    else:
+        source = load_model(student)
+    overrides = {k: getattr(config, k) for k in settings if k not in ("kd", "response", "losses")}
+    return source, encoder_kd_config(student=source.model, teacher=teacher, tokenizer=tokenizer, **overrides)
 
 
 @app.command()

@@ -372,3 +372,18 @@ def test_cli_exports_a_text_encoder_checkpoint(tiny, tmp_path, run_cli):
     assert re.search(r"onnx: cosine (0\.999|1\.000)", out) and "(FP16)" in out
     evidence = json.loads((tmp_path / "exp" / "model.export.json").read_text())
     assert evidence["input_names"] == ["input_ids", "attention_mask"] and evidence["precision"] == "fp16"
+
+
+def test_cli_distills_a_layers_student_from_a_hugging_face_teacher(tiny_dir, tmp_path, run_cli):
+    from edgekd.checkpoint import load_checkpoint
+
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(_toy_corpus(80)) + "\n")
+    code, out, err = run_cli("distill", "--teacher", str(tiny_dir), "--student", "layers:2", "--data", str(corpus),
+                             "--epochs", "1", "--out", str(tmp_path / "kd"))
+    assert code == 0, err
+    student = load_checkpoint(tmp_path / "kd" / "student.pt").model
+    assert student.config.num_hidden_layers == 2 and "spearman" in out
+    code, _, err = run_cli("distill", "--teacher", str(tiny_dir), "--student", "layers:2", "--data", str(corpus),
+                           "--no-kd", "--out", str(tmp_path / "none"))
+    assert code == 2 and "no training signal" in err
