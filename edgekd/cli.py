@@ -123,8 +123,8 @@ def _creatable(folder: Path, flag: str, given: Path) -> None:
 
 
 def _example_input(dataset, command: str):
-    """One input batch of tensor data; text data is for Hugging Face encoders, which only `compress`
-    and `export` handle (they need the tokenizer saved with the teacher)."""
+    """One input batch of tensor data; text data is for Hugging Face encoders, which `compress`,
+    `distill` and `export` handle (they need the tokenizer saved with the teacher)."""
     import torch
 
     if dataset.is_text:
