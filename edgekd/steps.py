@@ -231,7 +231,7 @@ def make_student(ctx: Context) -> Variant:
         if ctx.data.is_text and spec.startswith(("layers:", "prune:")):
             return _encoder_student(ctx)
         if spec.startswith("prune:"):
-            return _pruned_student(ctx, _ratio(spec))
+            return _pruned_student(ctx, float(spec.split(":", 1)[1]))  # validated by Recipe
         if spec.startswith("layers:"):
             raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
         from edgekd.checkpoint import load_model
@@ -240,13 +240,6 @@ def make_student(ctx: Context) -> Variant:
         return Variant(loaded.model, loaded.ref, list(loaded.transforms), {"given": spec})
 
     return _stored(ctx, "student", build)
-
-
-def _ratio(spec: str) -> float:
-    try:
-        return float(spec.split(":", 1)[1])
-    except ValueError:
-        raise BadInput(f"student '{spec}': expected prune:RATIO with RATIO a number in (0, 1)") from None
 
 
 def _encoder_student(ctx: Context) -> Variant:
