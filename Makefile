@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 BENCH_STAMP := $(VENV)/.edgekd-bench-installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast system-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,15 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/peers.py --time-demo $(BENCH_ARGS)
 
-test: $(STAMP)
+# What the tests read beyond pip (Debian's fortunes text): installed as root, else a warning and
+# those tests skip. Not part of $(STAMP): `make demo` needs none of it.
+system-deps:
+	.ci/system-deps
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -102,7 +102,9 @@ def onnx_runner(path: Path, threads: int | None):
 def openvino_runner(xml: Path):
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    from edgekd.bench.runtimes import openvino_config
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", openvino_config("CPU"))  # f32, not the host's bf16
     output = next(o for o in compiled.outputs if "sentence_embedding" in o.get_names())
     return lambda ids, mask: compiled([ids, mask])[output]
 

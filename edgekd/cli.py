@@ -1,7 +1,8 @@
 """The `edgekd` command line: parse arguments, call the Python API, map errors to exit codes.
 
 Exit codes (the contract): 0 done; 1 ran but an SLO or parity gate failed; 2 bad input, with a
-one-line message on stderr and no traceback unless `--debug`.
+one-line message on stderr and no traceback unless `--debug`; 3 a crash (edgekd's bug, or the
+system failing), never mistaken for 1 or 2; 130 interrupted (Ctrl-C), with the resume hint.
 """
 
 from __future__ import annotations
@@ -26,6 +27,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 _state = {"debug": False}
+# A checkpoint may name only edgekd's own factories, or one the user trusts (edgekd.factories).
+_TRUST_HELP = "Allow checkpoints to name this model factory (module:callable; repeatable)."
+
+
+def _trust_option():
+    return typer.Option([], "--trust-factory", help=_TRUST_HELP)
+
+
+def _trusted(given: List[str], *named: Optional[str]) -> frozenset:
+    """--trust-factory refs, plus the factories this command line names itself (--teacher mymodels:net)."""
+    from edgekd.factories import is_factory_ref, user_trusted
+
+    bad = [ref for ref in given if not is_factory_ref(ref)]
+    if bad:
+        raise BadInput(f"--trust-factory '{bad[0]}': expected a factory reference, package.module:callable")
+    return user_trusted([*given, *named])
 
 
 @app.callback()
@@ -151,6 +168,7 @@ def distill(
     labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction", help="Keep labels on this fraction."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
+    trust_factory: List[str] = _trust_option(),
 ):
     """Knowledge distillation only: train the FP32 student, write OUT/student.pt."""
     from edgekd.checkpoint import load_model, save_checkpoint
@@ -160,20 +178,23 @@ def distill(
     from edgekd.recipe import load_recipe
 
     _output_dir(out, "--out")
-    settings = dict(load_recipe(recipe).distill) if recipe else {}
+    settings = dict(load_recipe(recipe, data=data).distill) if recipe else {}
     flags = {"mode": mode, "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "seed": seed}
     settings.update({k: v for k, v in flags.items() if v is not None})
     if no_kd:
         settings["kd"] = False
     config = config_from_mapping(settings, source=str(recipe or "command line"))
+    trusted = _trusted(trust_factory, teacher, student, assistant)
     dataset = load_data(data, labeled_fraction=labeled_fraction)
-    teacher_model = load_model(teacher).model if teacher else None
+    build = {"trusted_factories": trusted, "seed": config.seed}  # the same command builds the same initial weights
+    teacher_model = load_model(teacher, **build).model if teacher else None
     if dataset.is_text:
-        source, config = _encoder_distill(teacher_model, student, config, settings)
+        source, config = _encoder_distill(teacher_model, student, config, settings, build)
     else:
-        source = load_model(student)
+        source = load_model(student, **build)
     result = run_distill(student=source.model, teacher=teacher_model,
-                         assistant=load_model(assistant).model if assistant else None, data=dataset,
+                         assistant=load_model(assistant, **build).model if assistant else None,
+                         data=dataset,
                          config=config, out_dir=out, resume=resume)
     save_checkpoint(out / "student.pt", result.model, ref=source.ref, transforms=source.transforms,
                     meta={"best_epoch": result.best_epoch, "metrics": result.metrics})
@@ -182,7 +203,7 @@ def distill(
     console.print(f"wrote {out / 'student.pt'}")
 
 
-def _encoder_distill(teacher, student: str, config, settings: dict):
+def _encoder_distill(teacher, student: str, config, settings: dict, build: dict):
     """Text data: a Hugging Face encoder teacher, a student spec (`layers:N`, `prune:R`, a checkpoint or
     factory), and the encoder KD recipe `compress` uses (pooled cosine + hidden + attention hints)."""
     from edgekd.checkpoint import LoadedModel, load_model
@@ -199,7 +220,7 @@ def _encoder_distill(teacher, student: str, config, settings: dict):
                             example_inputs=encode_batch(tokenizer=tokenizer, texts=["a b", "c d e"]))
         source = LoadedModel(made.model, model_ref(teacher), [made.transform], {})
     else:
-        source = load_model(student)
+        source = load_model(student, **build)
     overrides = {k: getattr(config, k) for k in settings if k not in ("kd", "response", "losses")}
     return source, encoder_kd_config(student=source.model, teacher=teacher, tokenizer=tokenizer, **overrides)
 
@@ -217,6 +238,7 @@ def prune(
     steps: int = typer.Option(1, "--steps", help="Iterative pruning steps."),
     recovery_epochs: int = typer.Option(0, "--recovery-epochs", help="KD epochs against the unpruned model per step."),
     ignore: List[str] = typer.Option([], "--ignore", help="Layer to leave unpruned (repeatable)."),
+    trust_factory: List[str] = _trust_option(),
 ):
     """Structured pruning (+ optional KD recovery): a smaller model, saved as a checkpoint and a .pt2 program."""
     from edgekd.checkpoint import load_model, save_checkpoint
@@ -231,8 +253,8 @@ def prune(
         raise BadInput(f"--channel-multiple {channel_multiple}: must be a whole number >= 1")
     if recovery_epochs < 0:
         raise BadInput(f"--recovery-epochs {recovery_epochs}: must be >= 0")
-    source = load_model(model)
-    dataset = load_data(data)
+    dataset = load_data(data)  # cheap checks first: a missing file before any model is built
+    source = load_model(model, trusted_factories=_trusted(trust_factory, model))
     example = _example_input(dataset, "prune")
     result = prune_with_recovery(
         teacher=source.model, data=dataset, ratio=ratio, importance=importance, global_pruning=global_pruning,
@@ -262,10 +284,12 @@ def quantize(
     latency_aware: bool = typer.Option(True, "--latency-aware/--no-latency-aware",
                                        help="Keep float the layer kinds INT8 slows down on the target."),
     resume: bool = typer.Option(False, "--resume"),
+    trust_factory: List[str] = _trust_option(),
 ):
     """PTQ or QAT+KD to the target's INT8 scheme; writes a fake-quant checkpoint."""
     from edgekd.checkpoint import load_model, save_checkpoint
     from edgekd.data import load_data
+    from edgekd.distill import evaluate
     from edgekd.quant import QuantConfig, checkpoint_transform, qat_distill_config, quantize as run_quantize
     from edgekd.targets import availability, load_target
 
@@ -273,18 +297,21 @@ def quantize(
         raise BadInput(f"--mode '{mode}': expected qat or ptq")
     _output_file(out, "--out")
     profile = load_target(target)
-    source = load_model(model)
-    dataset = load_data(data)
+    trusted = _trusted(trust_factory, model, teacher)
+    dataset = load_data(data)  # cheap checks first: a missing file before any model is built
+    source = load_model(model, trusted_factories=trusted)
+    teacher_model = load_model(teacher, trusted_factories=trusted).model if teacher else None
     measurable = latency_aware and availability(profile)[0]
     config = QuantConfig.for_target(profile, mode=mode, observer=observer, latency_aware=measurable,
                                     distill=qat_distill_config(epochs=epochs, lr=lr))
     result = run_quantize(model=source.model, data=dataset, config=config,
-                          teacher=load_model(teacher).model if teacher else None,
+                          teacher=teacher_model,
                           target=profile if measurable else None, example_inputs=_example_input(dataset, "quantize"),
                           out_dir=out.parent / f"{out.stem}-work", resume=resume)
     kept = [] if result.kept_float else [checkpoint_transform(result.model)]
+    metrics = evaluate(result.model, dataset.x_val, dataset.y_val, task=dataset.task, teacher=teacher_model)
     save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + kept,
-                    meta={"quantization": result.report.as_dict(), "kept_float": result.kept_float})
+                    meta={"quantization": result.report.as_dict(), "kept_float": result.kept_float, "metrics": metrics})
     console.print(result.report.summary())
     if result.kept_float:
         console.print(f"INT8 was slower than float for every layer kind on {profile.name}: the model stays float "
@@ -304,6 +331,7 @@ def export(
     name: str = typer.Option("model", "--name", help="Artifact file stem."),
     precision: Optional[str] = typer.Option(
         None, "--precision", help="fp32 or fp16 for a float model (default: fp16 if the --target profile runs fp16)."),
+    trust_factory: List[str] = _trust_option(),
 ):
     """ONNX (QDQ where quantized, FP16 on request) and OpenVINO IR, each parity-checked; exit 1 if a gate fails."""
     from edgekd.checkpoint import load_checkpoint
@@ -320,7 +348,8 @@ def export(
     dataset = load_data(data)
     profile = load_target(target) if target else None
     static = static_shapes or (profile.static_shapes if profile else False)
-    model = load_checkpoint(checkpoint).model
+    loaded = load_checkpoint(checkpoint, trusted_factories=_trusted(trust_factory))
+    model = loaded.model
     if precision is None:  # an fp16 profile asks for FP16, of a float model; a fake-quant one exports INT8
         quantized = any(isinstance(m, FakeQuantizer) for m in model.modules())
         precision = "fp16" if profile and profile.precision == "fp16" and not quantized else "fp32"
@@ -330,12 +359,19 @@ def export(
     else:
         result = run_export(model=model, example_inputs=_example_input(dataset, "export"), out_dir=out,
                             formats=wanted, parity_inputs=dataset.x_test, static_shapes=static, name=name,
-                            task=dataset.task, precision=precision)
+                            task=dataset.task, precision=precision, labels=dataset.y_test,
+                            recorded_accuracy=_recorded_accuracy(loaded.meta))
     for runtime, figures in result.parity.items():
         top1 = f"top-1 agreement {figures['top1_agreement']:.4f}, " if "top1_agreement" in figures else ""
         console.print(f"{runtime}: {top1}cosine {figures['cosine']:.6f}, INT8 executed: {result.int8_executed.get(runtime)}")
     console.print(f"wrote {result.onnx}" + (f" and {result.openvino_xml}" if result.openvino_xml else "")
                   + (" (FP16)" if result.precision == "fp16" else ""))
+
+
+def _recorded_accuracy(meta: dict) -> Optional[float]:
+    """The validation accuracy training recorded in a checkpoint (edgekd distill / quantize write it)."""
+    value = (meta.get("metrics") or {}).get("accuracy") if isinstance(meta.get("metrics"), dict) else None
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
 def _export_text_encoder(model, checkpoint: Path, dataset, **options):
@@ -360,22 +396,30 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run directory (h
 
 @app.command()
 def check(run_dir: Path = typer.Argument(..., help="A finished run directory (holds manifest.json)."),
-          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
-    """Verify artifact hashes against manifest.json; 'stale' if the teacher or data changed."""
+          teacher: Optional[str] = typer.Option(
+              None, "--teacher", help="Re-check the teacher: the model reference to load (never read from the manifest)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+          trust_factory: List[str] = _trust_option()):
+    """Verify artifact hashes against manifest.json; 'stale' if the teacher or data changed.
+
+    Nothing the manifest names is imported or called: a downloaded run is checked without running
+    its code. The teacher is re-checked only when you name it with --teacher."""
     from edgekd.checkpoint import load_model, model_sha256
     from edgekd.data import load_data
     from edgekd.report import check_run, read_manifest
 
     manifest = read_manifest(run_dir=run_dir)
     teacher_sha = data_sha = None
+    if teacher is None:
+        err_console.print("teacher not re-checked: name it with --teacher (edgekd never loads the model a "
+                          "manifest names)", markup=False)
+    else:
+        teacher_sha = model_sha256(load_model(teacher, trusted_factories=_trusted(trust_factory, teacher)).model)
+    data_ref = manifest["data"].get("ref") or manifest["data"].get("name")
     try:
-        teacher_sha = model_sha256(load_model(manifest["teacher"]["ref"]).model)
+        data_sha = load_data(str(data_ref)).sha256 if data_ref else None
     except BadInput as err:
-        err_console.print(f"teacher not re-checked: {err}")
-    try:
-        data_sha = load_data(manifest["data"].get("ref", manifest["data"]["name"])).sha256
-    except BadInput as err:
-        err_console.print(f"data not re-checked: {err}")
+        err_console.print(f"data not re-checked: {err}", markup=False)
     result = check_run(run_dir=run_dir, current_teacher_sha256=teacher_sha, current_data_sha256=data_sha)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -384,7 +428,7 @@ def check(run_dir: Path = typer.Argument(..., help="A finished run directory (ho
         unchecked = f"; {' and '.join(result.unchecked_inputs)} NOT re-checked" if result.unchecked_inputs else ""
         console.print(f"[bold {colour}]{result.status}[/]: {len(result.verified)} artifacts verified{unchecked}")
         for problem in result.problems:
-            console.print(f"  - {problem}")
+            console.print(f"  - {problem}", markup=False)
     raise typer.Exit(result.exit_code)
 
 
@@ -400,6 +444,7 @@ def compress(
     qat_epochs: Optional[int] = typer.Option(None, "--qat-epochs", help="Override quant.epochs."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    trust_factory: List[str] = _trust_option(),
 ):
     """The whole pipeline: prune, distill, QAT+KD, export, benchmark per target, report."""
     from edgekd.pipeline import compress as run_compress
@@ -407,6 +452,9 @@ def compress(
 
     resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
                            seed=seed, distill_epochs=epochs, quant_epochs=qat_epochs)
+    if trust_factory:
+        _trusted(trust_factory)  # validates the refs
+        resolved = resolved.model_copy(update={"trust_factories": [*resolved.trust_factories, *trust_factory]})
     _output_dir(Path(resolved.out), "--out")
     result = run_compress(recipe=resolved, resume=resume, console=err_console)
     _print_summary(result.report)
@@ -460,6 +508,21 @@ def _interrupted() -> int:
     return 130
 
 
+def _crashed(err: BaseException) -> int:
+    """Exit 3: neither "bad input" (2) nor "a gate failed" (1). An environment fault (a full disk) is
+    named as such; anything else is edgekd's own bug."""
+    detail = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    if isinstance(err, (OSError, MemoryError)):
+        _error(f"the system failed: {detail} (rerun with --debug for the traceback)")
+    else:
+        _error(f"internal error: {detail}. This is a bug in edgekd; rerun with --debug for the traceback "
+               "and report it")
+    return CRASH_EXIT
+
+
+CRASH_EXIT = 3
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Console-script entry point: run the app, turning edgekd errors into exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -475,13 +538,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except OSError as err:
-        if debug or err.errno not in _PATH_ERRORS:  # a full disk or an I/O fault is not bad input
+        if debug:
             raise
+        if err.errno not in _PATH_ERRORS:  # a full disk or an I/O fault is not bad input
+            return _crashed(err)
         _error(f"{err.filename}: {err.strerror}" if err.filename else str(err))
         return 2
     except (typer.Exit, SystemExit) as stop:
         code = getattr(stop, "exit_code", None)
-        return int(code if code is not None else getattr(stop, "code", 0) or 0)
+        code = code if code is not None else getattr(stop, "code", 0)
+        if isinstance(code, str):  # sys.exit("message"), e.g. from a user's factory: not a gate verdict
+            _error(f"stopped: {code}")
+            return CRASH_EXIT
+        return int(code or 0)
     except Exception as err:
         # Typer's (vendored) click reports usage errors as exceptions with show() and exit_code.
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
@@ -489,7 +558,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         if type(err).__name__ == "Abort":  # click's form of Ctrl-C
             return _interrupted()
-        raise
+        if debug:
+            raise
+        return _crashed(err)
+    if returned == 130:  # click turned a Ctrl-C into this code without a word
+        return _interrupted()
     return returned if isinstance(returned, int) else 0
 
 

@@ -8,6 +8,7 @@ they are distilled from the teacher alone.
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,10 +18,31 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.errors import BadInput
-from edgekd.targets import bundled_dir, read_yaml, validation_message
+from edgekd.targets import bundled_dir, check_regular_file, read_bounded, read_yaml, validation_message
 
 CALIBRATION_DIR = bundled_dir("calibration")
 UNLABELED = -1
+
+SEED_LIMIT = 2**32
+"""Seeds are integers in [0, SEED_LIMIT): the range every seeded library takes (numpy's legacy
+seeding stops at 2**32 - 1, torch at 2**64 - 1, negatives fail in numpy), so a seed that would
+only fail deep inside a run is refused where it is written."""
+
+MAX_NPZ_BYTES = 4 << 30
+"""Largest .npz dataset (4 GiB), on disk and in what its arrays 'x' and 'y' claim to decompress to
+(read from their headers before loading): the arrays load whole and the split copies them, so the
+peak is about three times this; a bigger claim is a wrong or corrupt file, not an edge dataset."""
+
+MAX_TEXT_BYTES = 64 << 20
+"""Largest text dataset (64 MiB, about a million sentences): it loads whole as Python strings,
+and a bigger file is more likely a log or a binary than a corpus for distilling an encoder."""
+
+MAX_LINE_CHARS = 10_000
+"""Longest text sample: encoders truncate at a few hundred tokens, so a longer line is a wrong
+file (minified JSON, base64); it is refused with its line number rather than silently cut."""
+
+MAX_RESIZE = 256
+"""Largest `options.resize` of the digits loader: 1,797 images at 256x256 are 0.5 GB of float32."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +85,7 @@ class Dataset:
 
 class _Split(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
 
@@ -93,14 +115,26 @@ class DatasetSpec(BaseModel):
 
 
 def content_hash(*arrays: np.ndarray) -> str:
+    """sha256 over each array's dtype, shape and values. Text hashes its strings under the object
+    dtype's tag whether it is held as objects or fixed-width 'U', so the same texts give one digest."""
     digest = hashlib.sha256()
     for arr in arrays:
         if arr is None:
             continue
         arr = np.ascontiguousarray(arr)
-        digest.update(str((arr.dtype.str, arr.shape)).encode())
-        digest.update(arr.tobytes() if arr.dtype.kind != "O" else "\n".join(map(str, arr)).encode())
+        if arr.dtype.kind in ("U", "O"):
+            digest.update(str((np.dtype(object).str, arr.shape)).encode())
+            digest.update("\n".join(map(str, arr.ravel())).encode())
+        else:
+            digest.update(str((arr.dtype.str, arr.shape)).encode())
+            digest.update(arr.tobytes())
     return digest.hexdigest()
+
+
+def _text_array(texts: list[str]) -> np.ndarray:
+    """Texts as a 1-D object array of str: a fixed-width 'U' array would pad every text to the
+    longest one at 4 bytes a character (one 1M-character line made a 1 MB file ask for 7 GiB)."""
+    return np.array(texts, dtype=object)
 
 
 def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split, source: str):
@@ -132,8 +166,8 @@ def _load_sklearn_digits(spec: DatasetSpec, source: str):
     x = (x_raw.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     size = spec.options.get("resize")
     if size is not None:
-        if not isinstance(size, int) or size < 8:
-            raise BadInput(f"{source}: key 'options.resize' must be an integer >= 8, got {size!r}")
+        if not isinstance(size, int) or not 8 <= size <= MAX_RESIZE:
+            raise BadInput(f"{source}: key 'options.resize' must be an integer in [8, {MAX_RESIZE}], got {size!r}")
         x = _resize(x, size)
     return x, y, raw_hash
 
@@ -150,27 +184,50 @@ def _load_fortunes(spec: DatasetSpec, source: str):
         )
     texts: list[str] = []
     for path in sorted(p for p in directory.iterdir() if p.is_file() and p.suffix == ""):
-        body = path.read_text(errors="replace")
+        body = read_bounded(path, max_bytes=MAX_TEXT_BYTES, kind="a fortunes file").decode(errors="replace")
         for record in body.split("\n%\n"):
             record = " ".join(record.replace("%", " ").split())
             if 20 <= len(record) <= 600:
                 texts.append(record)
-    texts = sorted(set(texts))
-    x = np.array(texts)
+    x = _text_array(sorted(set(texts)))
     return x, None, content_hash(x)
 
 
+def _claimed_bytes(archive, name: str, path: Path) -> int:
+    """What array `name` of an open .npz decompresses to, from its .npy header (shape x item size),
+    without loading it: a zip member can claim any shape."""
+    member = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
+    with archive.zip.open(member) as file:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+        else:  # 3.0 only adds UTF-8 field names of structured arrays, which are no dataset here
+            raise BadInput(f"{path}: array '{name}' is in .npy format {version[0]}.{version[1]}; expected 1.0 or 2.0")
+    return math.prod(shape) * dtype.itemsize
+
+
 def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    check_regular_file(path, max_bytes=MAX_NPZ_BYTES, kind="an .npz dataset")
     if not zipfile.is_zipfile(path):  # numpy would blame "pickled data" for any non-zip file
         raise BadInput(f"{path}: not an .npz archive (a zip of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
                 raise BadInput(f"{path}: an .npz dataset needs an array named 'x' (found: {', '.join(archive.files) or 'none'})")
+            names = ["x", "y"] if "y" in archive.files else ["x"]
+            claimed = sum(_claimed_bytes(archive, name, path) for name in names)
+            if claimed > MAX_NPZ_BYTES:
+                raise BadInput(f"{path}: arrays {' and '.join(repr(n) for n in names)} decompress to "
+                               f"{claimed / 2**30:,.1f} GiB; an .npz dataset may hold at most "
+                               f"{MAX_NPZ_BYTES >> 30} GiB")
             x = archive["x"]
             y = archive["y"] if "y" in archive.files else None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise BadInput(f"{path}: not a readable .npz archive: {err}") from None
+    if x.ndim == 0:
+        raise BadInput(f"{path}: array 'x' is a single value; expected samples along its first axis")
     if x.dtype.kind == "f":
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
@@ -190,11 +247,20 @@ def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
 
 
 def _load_text_lines(path: Path) -> np.ndarray:
+    """One sample per non-empty line; a line past MAX_LINE_CHARS is refused, naming it."""
     try:
-        lines = [line.strip() for line in path.read_text().splitlines()]
-    except (OSError, UnicodeDecodeError) as err:
+        text = read_bounded(path, max_bytes=MAX_TEXT_BYTES, kind="a text dataset").decode()
+    except UnicodeDecodeError as err:
         raise BadInput(f"{path}: cannot read as UTF-8 text: {err}") from None
-    return np.array([line for line in lines if line])
+    lines = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if len(line) > MAX_LINE_CHARS:
+            raise BadInput(f"{path}: line {number} has {len(line):,} characters; a text sample (one line) "
+                           f"may have at most {MAX_LINE_CHARS:,}")
+        if line:
+            lines.append(line)
+    return _text_array(lines)
 
 
 _SPEC_LOADERS: dict[str, Callable] = {
@@ -212,8 +278,35 @@ def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, sourc
     num_classes = int(y.max()) + 1 if y is not None else None
     if y is not None and y.min() < UNLABELED:
         raise BadInput(f"{source}: labels must be >= 0 (or -1 for unlabeled), found {int(y.min())}")
+    if y is not None:
+        _require_two_classes(y, source)
     parts = _split(x, y, split, source)
     return Dataset(name, task, *parts, num_classes=num_classes, sha256=sha, provenance=provenance)
+
+
+def _require_two_classes(y: np.ndarray, source: str) -> None:
+    """A classifier needs two labelled classes; with one, training "works" and validates at 0.0.
+    (`with_labeled_fraction` keeps at least one label per class, so it cannot drop below two.)"""
+    classes = np.unique(y[y >= 0])
+    if len(classes) < 2:
+        found = f"only class {int(classes[0])}" if len(classes) else "no labelled sample"
+        raise BadInput(f"{source}: the labels hold {found}; classification needs at least 2 classes "
+                       "(leave the labels out for an unlabeled, embedding dataset)")
+
+
+def _spec_data_path(spec_file: Path, written: str, source: str) -> Path:
+    """Where a spec's `path` points: relative to the folder of the spec file, or absolute.
+
+    A spec the user wrote may point anywhere, outside its folder included (the user chose it); a
+    built-in spec (in CALIBRATION_DIR) only inside that folder. The data is read only from a
+    regular file either way, so a path (or a symlink) to a device is refused when it is read.
+    """
+    folder = spec_file.parent.resolve()
+    data_path = (folder / written).resolve()
+    builtin = CALIBRATION_DIR.resolve()
+    if folder == builtin and not data_path.is_relative_to(builtin):
+        raise BadInput(f"{source}: key 'path': '{written}' leaves the built-in calibration folder {builtin}")
+    return data_path
 
 
 def load_spec(path: Path) -> Dataset:
@@ -230,7 +323,7 @@ def load_spec(path: Path) -> Dataset:
     else:
         if not spec.path:
             raise BadInput(f"{source}: key 'path' is required for loader '{spec.loader}'")
-        data_path = (path.parent / spec.path).resolve()
+        data_path = _spec_data_path(path, spec.path, source)
         x, y = _load_npz(data_path) if spec.loader == "npz" else (_load_text_lines(data_path), None)
         sha = content_hash(x, y)
     if spec.content_sha256 and spec.content_sha256 != sha:
@@ -249,28 +342,35 @@ def load_spec(path: Path) -> Dataset:
     return dataset.with_labeled_fraction(spec.labeled_fraction, seed=spec.split.seed)
 
 
-def load_data(ref: str | Path, *, labeled_fraction: float | None = None) -> Dataset:
-    """A dataset from a spec name in `calibration/`, a spec YAML, an `.npz`, or a text file."""
+def check_data_ref(ref: str | Path) -> Path:
+    """The file `load_data(ref)` reads (a spec YAML, by name or path, or a data file), checked
+    cheaply: it exists and is a regular file. Nothing is loaded, so a run can fail on a wrong
+    `--data` before any model work starts."""
     ref_str = str(ref)
     path = Path(ref_str)
-    if path.suffix in (".yaml", ".yml"):
-        dataset = load_spec(path)
-    elif (CALIBRATION_DIR / f"{ref_str}.yaml").is_file() and not path.exists():
-        dataset = load_spec(CALIBRATION_DIR / f"{ref_str}.yaml")
-    elif path.is_file():
-        if path.suffix == ".npz":
-            x, y = _load_npz(path)
-            dataset = _from_arrays(path.stem, x, y, split=_Split(), sha=content_hash(x, y),
-                                   provenance={"file": str(path.resolve())}, source=str(path))
-        else:
-            x = _load_text_lines(path)
-            dataset = _from_arrays(path.stem, x, None, split=_Split(), sha=content_hash(x),
-                                   provenance={"file": str(path.resolve())}, source=str(path))
-    elif path.is_dir():
+    named = CALIBRATION_DIR / f"{ref_str}.yaml"
+    if path.suffix not in (".yaml", ".yml") and not path.exists() and named.is_file():
+        return named
+    if path.is_dir():
         raise BadInput(f"data '{ref_str}': is a directory; give a dataset spec, an .npz or a text file")
-    else:
+    if not path.exists():
         known = ", ".join(sorted(p.stem for p in CALIBRATION_DIR.glob("*.yaml")))
         raise BadInput(f"data '{ref_str}': no such file or dataset spec (specs: {known})")
+    if not path.is_file():
+        raise BadInput(f"data '{ref_str}': not a regular file (a device or pipe); give a dataset spec, "
+                       "an .npz or a text file")
+    return path
+
+
+def load_data(ref: str | Path, *, labeled_fraction: float | None = None) -> Dataset:
+    """A dataset from a spec name in `calibration/`, a spec YAML, an `.npz`, or a text file."""
+    path = check_data_ref(ref)
+    if path.suffix in (".yaml", ".yml"):
+        dataset = load_spec(path)
+    else:
+        x, y = _load_npz(path) if path.suffix == ".npz" else (_load_text_lines(path), None)
+        dataset = _from_arrays(path.stem, x, y, split=_Split(), sha=content_hash(x, y),
+                               provenance={"file": str(path.resolve())}, source=str(path))
     if labeled_fraction is not None:
         dataset = dataset.with_labeled_fraction(labeled_fraction)
     return dataset

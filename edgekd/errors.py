@@ -22,3 +22,9 @@ class GateFailed(EdgeKDError):
     """A parity or SLO gate failed: the run finished but its result must not ship."""
 
     exit_code = 1
+
+
+# Never the user's input, whatever code raised them: a broken install (ImportError) or the host's
+# limits (MemoryError). Code that turns a library's many exception types into BadInput re-raises
+# these first, so they surface as a crash (exit 3), not as "fix your input".
+NOT_INPUT_ERRORS = (ImportError, MemoryError)

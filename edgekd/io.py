@@ -1,4 +1,5 @@
-"""Atomic file output: a reader never sees a half-written artifact."""
+"""Atomic, durable file output: a reader never sees a half-written artifact, and an artifact that
+exists after a power loss is complete."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from typing import Iterator
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    The file's data reach the disk before the rename, and the rename before this returns: without
+    the first fsync a power loss can leave `path` in place but empty or truncated (a filesystem may
+    commit the rename before the data), without the second the rename itself can be lost.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -23,9 +29,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are shared files
+            _fsync(tmp_path, os.O_RDWR)
         os.replace(tmp_path, target)
+        if os.name == "posix":  # Windows cannot open a folder; NTFS journals the rename itself
+            _fsync(target.parent, os.O_RDONLY)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

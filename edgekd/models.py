@@ -12,12 +12,11 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgekd.errors import BadInput
+from edgekd.errors import NOT_INPUT_ERRORS, BadInput
 
 
 class BasicBlock(nn.Module):
@@ -163,9 +162,24 @@ def _import_from_here(module_name: str):
         return importlib.import_module(module_name)
 
 
-def call_factory(ref: str, kwargs: dict | None = None) -> nn.Module:
+def seed_everything(seed: int) -> None:
+    """Seed every generator a factory or training step may draw from (Python, numpy, torch), so the
+    same recipe builds the same initial weights and gives the same hashes."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def call_factory(ref: str, kwargs: dict | None = None, *, seed: int | None = None) -> nn.Module:
+    """Build the model `ref` names; under `seed` when given (its random initial weights are then reproducible)."""
     factory = resolve_factory(ref)
     kwargs = dict(kwargs or {})
+    if seed is not None:
+        seed_everything(seed)
     try:
         params = inspect.signature(factory).parameters
         accepted = {k: v for k, v in kwargs.items() if k in params or any(
@@ -174,13 +188,11 @@ def call_factory(ref: str, kwargs: dict | None = None) -> nn.Module:
         accepted = kwargs
     try:
         model = factory(**accepted)
+    except NOT_INPUT_ERRORS:
+        raise
     except Exception as err:  # the user's own code: name it and the cause (--debug shows the traceback)
         cause = str(err).splitlines()[0][:200] if str(err) else ""
         raise BadInput(f"model reference '{ref}': calling the factory failed: {type(err).__name__}: {cause}") from err
     if not isinstance(model, nn.Module):
         raise BadInput(f"model reference '{ref}': the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def is_factory_ref(ref: str) -> bool:
-    return ":" in ref and not Path(ref).exists() and not ref.startswith(("prune:", "layers:"))

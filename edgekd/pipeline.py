@@ -41,14 +41,14 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     recipe = recipe or Recipe()
     console = console or Console(stderr=True)
     stages = S.StageLog(console, total=6)
-    check_run_folder(Path(recipe.out))  # before the teacher (which may train) and the data load
+    check_run_folder(Path(recipe.out))  # before the data load and the teacher (which may train)
 
-    teacher = load_model(recipe.teacher)
-    data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)
+    data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)  # cheap checks before the teacher
+    teacher = load_model(recipe.teacher, trusted_factories=recipe.trusted_factories(), seed=recipe.seed)
     targets = [load_target(name) for name in recipe.targets]
     plan = S.plan_targets(targets)
     out = Path(recipe.out)
-    run = RunState(out, resume=resume, fingerprint={
+    run = RunState(out, resume=resume, trusted_factories=recipe.trusted_factories(), fingerprint={
         "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256})
     ctx = S.Context(recipe=recipe, data=data, teacher=teacher, plan=plan, run=run, console=console, resume=resume)
 

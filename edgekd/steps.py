@@ -141,7 +141,9 @@ def plan_targets(targets: list[Target]) -> TargetPlan:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(exclude={"out"}), sort_keys=True).encode()).hexdigest()
+    """What must not change for --resume; trusting another factory changes no result."""
+    return hashlib.sha256(json.dumps(recipe.model_dump(exclude={"out", "trust_factories"}),
+                                     sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -236,7 +238,7 @@ def make_student(ctx: Context) -> Variant:
             raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
         from edgekd.checkpoint import load_model
 
-        loaded = load_model(spec)
+        loaded = load_model(spec, trusted_factories=ctx.recipe.trusted_factories(), seed=ctx.recipe.seed)
         return Variant(loaded.model, loaded.ref, list(loaded.transforms), {"given": spec})
 
     return _stored(ctx, "student", build)
@@ -492,7 +494,8 @@ def _export_view(ctx: Context, model: nn.Module) -> nn.Module:
 def _export_inputs(ctx: Context) -> dict:
     """Example and parity inputs (and for text the input/output names and dynamic axes) for export."""
     if not ctx.data.is_text:
-        return {"example_inputs": ctx.example_input, "parity_inputs": ctx.data.x_test, "task": ctx.data.task}
+        return {"example_inputs": ctx.example_input, "parity_inputs": ctx.data.x_test, "task": ctx.data.task,
+                "labels": ctx.data.y_test}
     from edgekd.hf import export_inputs
 
     return export_inputs(tokenizer=ctx.tokenizer, texts=ctx.data.x_test, max_length=ctx.max_length)

@@ -8,6 +8,7 @@ and the key, because a silently ignored typo in a budget is a budget nobody chec
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -31,7 +32,9 @@ TARGETS_DIR = bundled_dir("targets")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    """Every number must be finite: an `.inf` budget is a budget nobody checks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class WeightScheme(_Strict):
@@ -113,21 +116,78 @@ def parse_target(data: object, *, source: str) -> Target:
         raise BadInput(validation_message(source, err)) from None
 
 
-def read_yaml(path: Path) -> object:
-    """`yaml.safe_load` a file, turning a missing file or broken YAML into a BadInput naming it."""
+MAX_YAML_BYTES = 1 << 20
+"""Largest profile, recipe or dataset spec read (1 MiB): they are written by hand, a few KB long."""
+
+MAX_YAML_VALUES = 1_000_000
+"""Most values a YAML file may stand for once its aliases (`*name`) are expanded: a few lines of
+nested aliases can stand for billions, which the first JSON dump of the recipe would write out."""
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
+
+def check_regular_file(path: Path, *, max_bytes: int, kind: str) -> int:
+    """The size of `path`, which must be a regular file of at most `max_bytes`: a device
+    (/dev/zero), a pipe or a directory could stream without end. `kind` names it in errors."""
     try:
-        text = path.read_text()
+        info = path.stat()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{path}: cannot read: {err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(f"{path}: not a regular file (a directory, device or pipe); {kind} must be a file")
+    if info.st_size > max_bytes:
+        raise BadInput(f"{path}: {_mib(info.st_size)}; {kind} may be at most {_mib(max_bytes)}")
+    return info.st_size
+
+
+def read_bounded(path: Path, *, max_bytes: int, kind: str) -> bytes:
+    """A regular file's bytes, never more than `max_bytes` even when its size lies (files in /proc say 0)."""
+    check_regular_file(path, max_bytes=max_bytes, kind=kind)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read: {err}") from None
+    if len(data) > max_bytes:
+        raise BadInput(f"{path}: holds more than {_mib(max_bytes)}; {kind} may be at most {_mib(max_bytes)}")
+    return data
+
+
+def _check_expanded_size(value: object, path: Path) -> None:
+    """Refuse YAML whose aliases expand past MAX_YAML_VALUES values (a "billion laughs" file)."""
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise BadInput(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+def read_yaml(path: Path) -> object:
+    """`yaml.safe_load` a file, turning a missing, oversized or broken file into a BadInput naming it."""
+    try:
+        text = read_bounded(path, max_bytes=MAX_YAML_BYTES, kind="a YAML file").decode()
+    except UnicodeDecodeError as err:
         raise BadInput(f"{path}: cannot read: {err}") from None
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise BadInput(f"{path}: broken YAML{where}: {problem}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: broken YAML: nested too deeply") from None
+    _check_expanded_size(value, path)
+    return value
 
 
 def load_target_file(path: str | Path) -> Target:

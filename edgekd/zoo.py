@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from edgekd.checkpoint import load_checkpoint, save_checkpoint
-from edgekd.models import ModelRef
+from edgekd.models import ModelRef, seed_everything
 
 DIGITS_TEACHER_ARCH = ModelRef("edgekd.models:resnet", {"width": 32, "blocks": [1, 1, 1]})
 
@@ -32,6 +32,7 @@ def digits_teacher(data: str = "digits16", epochs: int = 20, seed: int = 0) -> n
     if path.is_file():
         model = load_checkpoint(path).model
     else:
+        seed_everything(seed)  # two fresh machines train the same teacher
         model = DIGITS_TEACHER_ARCH.build()
         config = DistillConfig(epochs=epochs, kd=False, lr=3e-3, seed=seed, patience=None)
         model = distill(student=model, data=dataset, config=config, progress=True).model  # shown: it takes a while once

@@ -20,3 +20,15 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return invoke
+
+
+def _fortunes_installed() -> bool:
+    from edgekd.data import FORTUNES_DIRS
+
+    return any(d.is_dir() for d in FORTUNES_DIRS)
+
+
+# Tests on the real English text of Debian's `fortunes` package: `make test` installs it where it
+# runs as root (.ci/system-deps); elsewhere these skip and say why.
+needs_fortunes = pytest.mark.skipif(not _fortunes_installed(),
+                                    reason="Debian's fortunes package is not installed (make test installs it as root)")

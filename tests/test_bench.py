@@ -174,6 +174,23 @@ def test_openvino_runs_onnx_and_ir_with_static_shapes_and_threads(models, model_
             (models["ir"].stat().st_size + models["ir"].with_suffix(".bin").stat().st_size) / 2**20)
 
 
+def test_fp32_artifact_executes_f32_on_openvino_cpu_wherever_it_is_compiled(models):
+    """OpenVINO's CPU plugin runs FP32 models in bf16 by default on AVX512_BF16/AMX hosts: the bench,
+    the export gate and predict must all pin f32, and report.json must say so."""
+    from edgekd.bench import predict
+    from edgekd.export.gate import ov_compiled
+
+    entry = benchmark(model=models["ir"], target=_target(**OV_CPU), **QUICK, measure_memory=False,
+                      profile_layers=False).to_dict()
+    assert entry["executed_precision"] == "fp32" and set(entry["precision"]["compute_layers"]) == {"fp32"}
+    assert entry["runtime_settings"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert ov_compiled(models["ir"]).get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    # predict hides its compiled model; bf16 is ~1e-3 off ONNX Runtime's FP32 outputs here, f32 ~1e-7.
+    x = np.random.default_rng(4).random((8, 1, 8, 8), dtype=np.float32)
+    reference = predict(model=models["fp32"], inputs=x)
+    np.testing.assert_allclose(predict(model=models["ir"], inputs=x), reference, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="OpenVINO's INT8 CPU kernels are x86")
 def test_int8_qdq_model_runs_int8_on_openvino_cpu(models):
     result = benchmark(model=models["int8"], target=_target(**OV_CPU, precision="int8"), **QUICK,

@@ -8,6 +8,7 @@ import pytest
 from edgekd.bench import SloVerdict, check_slo
 from edgekd.bench.artifact import Artifact, InputSpec
 from edgekd.bench.feeds import build_feeds
+from edgekd.bench.runtimes import SessionConfig, openvino_config
 from edgekd.bench.stats import latency_stats, time_sync
 from edgekd.errors import BadInput
 from edgekd.targets import Slo
@@ -60,6 +61,35 @@ def test_slo_missing_figure_is_not_measured_never_pass():
     assert verdict.verdict == "not-measured"
     assert _by_key(verdict)["peak_memory_mb"].ok is None
     assert "peak_memory_mb" in verdict.reason
+
+
+@pytest.mark.parametrize(("baseline", "model_mb"), [(40.0, 2.0), (42.0, 0.0), (42.5, None)])
+def test_model_peak_below_the_baseline_is_not_measured_and_no_memory_slo_passes(monkeypatch, baseline, model_mb):
+    """Child-process noise can put the model's peak below the runtime-only baseline: that is no figure, not 0 MB."""
+    from edgekd.bench import memory
+    from edgekd.bench.core import BenchResult
+
+    peaks = {"baseline": baseline, "model": 42.0}
+    monkeypatch.setattr(memory, "_run_child", lambda config, feeds, mode, runs, timeout: peaks[mode])
+    config = SessionConfig(model="m.onnx", runtime="onnxruntime", device="CPUExecutionProvider")
+    figures = memory.measure_peak_memory(config=config, feeds={"x": np.zeros((1, 4), np.float32)})
+    assert figures == memory.MemoryFigures(model_mb, 42.0, baseline)
+    result = BenchResult(name="t", model="m.onnx", runtime="onnxruntime", runtime_device="CPUExecutionProvider",
+                         available=True, reason=None, model_size_mb=3.0, slo=SloVerdict("not-measured"), batch_size=1,
+                         threads=None, host="test", inputs={}, input_source="generated", memory=figures)
+    verdict = check_slo(slo=FULL_SLO, figures={**result.figures, "latency_p95_ms": 9.0, "latency_p50_ms": 4.0},
+                        metric_retention=1.0)
+    assert result.to_dict()["peak_memory_mb"] == model_mb
+    assert verdict.verdict == ("pass" if model_mb is not None else "not-measured")
+    assert _by_key(verdict)["peak_memory_mb"].ok is (None if model_mb is None else True)
+
+
+def test_openvino_cpu_is_pinned_to_f32_and_other_devices_keep_their_default():
+    """The CPU plugin would run FP32 in bf16 on AVX512_BF16/AMX hosts; GPU/NPU default to f16 for FP16 profiles."""
+    assert openvino_config("CPU") == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    assert openvino_config("CPU", threads=2, perf_count=True)["INFERENCE_NUM_THREADS"] == 2
+    for device in ("GPU", "GPU.1", "NPU"):
+        assert "INFERENCE_PRECISION_HINT" not in openvino_config(device)
 
 
 def test_slo_unavailable_device_is_not_measured_even_with_passing_figures():

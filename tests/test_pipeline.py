@@ -124,9 +124,10 @@ def test_manifest_and_check(finished_run, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["teacher"]["sha256"]) == 64 and manifest["data"]["sha256"]
     assert "model.onnx" in json.dumps(manifest["artifacts"])
-    ok = cli("check", str(out), timeout=300)
+    teacher = manifest["teacher"]["ref"]  # the user names the teacher; check never imports the manifest's
+    ok = cli("check", str(out), "--teacher", teacher, timeout=300)
     assert ok.returncode == 0 and "ok" in ok.stdout
-    stale = cli("check", str(out), env_extra={"TINY_TEACHER_SEED": "1"}, timeout=300)
+    stale = cli("check", str(out), "--teacher", teacher, env_extra={"TINY_TEACHER_SEED": "1"}, timeout=300)
     assert stale.returncode == 1 and "stale" in stale.stdout
 
 
@@ -181,8 +182,8 @@ def test_resume_after_a_killed_run(tmp_path):
 def test_resume_refuses_a_changed_recipe(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "state.json").write_text(json.dumps({"fingerprint": {"recipe": "other", "teacher": "x", "data": "y"},
-                                                "stages": {}}))
+    (out / "state.json").write_text(json.dumps({"format": "edgekd.run/1", "stages": {},
+                                                "fingerprint": {"recipe": "other", "teacher": "x", "data": "y"}}))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**tiny_recipe(out), "teacher": "edgekd.models:resnet"}))
     result = cli("compress", str(recipe), "--resume", timeout=300)
@@ -217,7 +218,7 @@ def test_starting_over_empties_an_earlier_run_but_never_a_foreign_folder(tmp_pat
     earlier = tmp_path / "run"
     (earlier / "variants" / "student-kd-qat-int8-old-target").mkdir(parents=True)
     (earlier / "variants" / "student-kd-qat-int8-old-target" / "model.onnx").write_text("from another plan")
-    (earlier / "state.json").write_text("{}")
+    (earlier / "state.json").write_text('{"format": "edgekd.run/1", "fingerprint": {}, "stages": {}}')
     RunState(earlier, resume=False, fingerprint={"recipe": "new"})
     assert sorted(p.name for p in earlier.iterdir()) == ["state.json"]  # nothing stale reaches the manifest
     foreign = tmp_path / "photos"

@@ -50,7 +50,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from edgekd.prune import load_program
 
-model = load_program(path="{program}")
+model = load_program(path="{program}", trusted=True)
 x = torch.from_numpy(np.load("{inputs}"))
 expected = np.load("{expected}")
 print("max_abs_diff", float(np.abs(model(x).detach().numpy() - expected).max()))
@@ -108,9 +108,11 @@ def test_a_program_with_pickled_payloads_is_refused(tmp_path):
                 next(iter(config["config"].values()))["use_pickle"] = True
                 data = json.dumps(config).encode()
             target.writestr(item, data)
-    torch.testing.assert_close(load_program(path=program)(X), model(X))
+    torch.testing.assert_close(load_program(path=program, trusted=True)(X), model(X))
+    with pytest.raises(BadInput, match="load only programs you made"):  # the file holds code: an explicit opt-in
+        load_program(path=program)
     with pytest.raises(BadInput, match="refusing to load pickled payloads"):
-        load_program(path=tampered)
+        load_program(path=tampered, trusted=True)
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(BadInput, match="not a torch.export program archive"):
-        load_program(path=tmp_path / "junk.pt2")
+        load_program(path=tmp_path / "junk.pt2", trusted=True)

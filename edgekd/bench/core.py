@@ -8,6 +8,8 @@ figures) a roofline estimate that is labelled as such and kept out of the verdic
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -31,6 +33,12 @@ Inputs = Union[np.ndarray, Mapping[str, np.ndarray], None]
 _PROFILE_BUDGET_S = 1.0  # time spent on the instrumented (per-layer) runs
 _MEMORY_RUNS = 5  # inferences in the memory probe: the peak is reached on the first
 _FEW_SAMPLES = 100  # below this, p99 is close to the maximum and not a stable figure
+
+MAX_TIME_BUDGET_S = 600.0
+"""Longest timed loop (10 minutes, MLPerf's minimum run): every timed run keeps its sample in
+memory, and a longer (or infinite) budget buys no steadier percentiles, only a hung benchmark."""
+MAX_RUNS = 100_000
+"""Most warm-up or minimum timed runs: enough for a stable p99.9; beyond it a typo that never ends."""
 
 
 @dataclass
@@ -115,7 +123,7 @@ def benchmark(*, model: Union[str, Path], target: Target, inputs: Inputs = None,
     `time_budget_s` has passed. Inputs are `inputs` (samples, batch axis first) or generated
     from the declared shapes with the profile's batch size; `dynamic_dims` sizes other dynamic axes.
     """
-    _check_run_options(warmup, min_iterations, time_budget_s)
+    _check_run_options(warmup, min_iterations, time_budget_s, top_layers)
     artifact, feeds, result = _prepare(model, target, inputs, dynamic_dims)
     if not result.available:
         result.estimate = _estimate(artifact, target, feeds, result.warnings)
@@ -170,10 +178,23 @@ def measure_latency(*, model: Union[str, Path], target: Target, inputs: Inputs =
             "batch_size": result.batch_size, "warnings": result.warnings}
 
 
-def _check_run_options(warmup: int, min_iterations: int, time_budget_s: float) -> None:
-    if warmup < 0 or min_iterations < 1 or time_budget_s < 0:
-        raise BadInput(f"timing options: need warmup >= 0, iterations >= 1 and time >= 0 "
-                       f"(got warmup={warmup}, iterations={min_iterations}, time={time_budget_s})")
+def _check_run_options(warmup: int, min_iterations: int, time_budget_s: float, top_layers: int = 0) -> None:
+    """Bounded before anything runs: `inf`, `nan` or a huge count would hang or overflow the timed loop."""
+    if not _whole(warmup, 0, MAX_RUNS):
+        raise BadInput(f"timing options: warmup (--warmup) must be a whole number in [0, {MAX_RUNS}], got {warmup!r}")
+    if not _whole(min_iterations, 1, MAX_RUNS):
+        raise BadInput(f"timing options: iterations (--iterations) must be a whole number in [1, {MAX_RUNS}], "
+                       f"got {min_iterations!r}")
+    if not (isinstance(time_budget_s, numbers.Real) and not isinstance(time_budget_s, bool)
+            and 0 <= time_budget_s <= MAX_TIME_BUDGET_S):
+        raise BadInput(f"timing options: time budget (--time) must be seconds in [0, {MAX_TIME_BUDGET_S:g}], "
+                       f"got {time_budget_s!r}")
+    if not _whole(top_layers, 0, math.inf):
+        raise BadInput(f"top_layers (--top) must be a whole number >= 0, got {top_layers!r}")
+
+
+def _whole(value, low: int, high: float) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high
 
 
 def _prepare(model, target: Target, inputs: Inputs,

@@ -7,6 +7,8 @@ are valid token ids (small, >= 1), attention masks are ones, so a transformer ru
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
 
@@ -16,6 +18,11 @@ from edgekd.bench.artifact import Artifact, InputSpec
 from edgekd.errors import BadInput
 
 _TOKEN_ID_RANGE = (1, 100)  # inside every real vocabulary; 0 is often padding
+
+MAX_FEED_ELEMENTS = 1 << 28
+"""Most elements one input batch may hold (268M: 1 GiB of float32, 2 GiB of int64). A 4K RGB frame
+is 25M, a batch of 64 sequences of 4,096 tokens 0.3M; a bigger feed is a typo (`--dim seq=1e11`)
+or a bogus static shape, refused by name before numpy is asked for the memory."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ def build_feeds(*, artifact: Artifact, batch_size: int,
         arrays = {}
         for spec in artifact.inputs:
             shape = _resolve_shape(artifact, spec, batch_size, dynamic_dims)
+            _check_size(artifact, spec.name, shape)
             named.update({dim: size for dim, size in zip(spec.dims, shape) if isinstance(dim, str)})
             arrays[spec.name] = _generate(spec, shape, rng)
         source = "generated"
@@ -73,8 +81,9 @@ def _dynamic_axes(artifact: Artifact) -> dict[str, str]:
 def _check_dynamic_dims(artifact: Artifact, dynamic_dims: dict[str, int]) -> None:
     axes = _dynamic_axes(artifact)
     for key, value in dynamic_dims.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise BadInput(f"dynamic dim '{key}': size must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_FEED_ELEMENTS:
+            raise BadInput(f"dynamic dim '{key}': size must be a positive integer of at most {MAX_FEED_ELEMENTS:,}, "
+                           f"got {value!r}")
         if key not in axes:
             known = ", ".join(sorted(set(axes.values()))) or "none: every axis is fixed"
             raise BadInput(f"{artifact.path}: dynamic dim '{key}' matches no dynamic axis of the model "
@@ -98,6 +107,14 @@ def _resolve_shape(artifact: Artifact, spec: InputSpec, batch_size: int, dynamic
             raise BadInput(f"{artifact.path}: input '{spec.name}' axis {axis} is dynamic ({label}); give its size, "
                            f"e.g. dynamic_dims={{'{key}': 128}} (CLI: --dim {key}=128), or pass real samples")
     return shape
+
+
+def _check_size(artifact: Artifact, name: str, shape: list[int]) -> None:
+    """Refuse a batch past MAX_FEED_ELEMENTS, naming the input and its shape, before allocating it."""
+    elements = math.prod(shape)
+    if elements > MAX_FEED_ELEMENTS:
+        raise BadInput(f"{artifact.path}: input '{name}' of shape {shape} would hold {elements:,} elements; "
+                       f"a benchmark feed may hold at most {MAX_FEED_ELEMENTS:,} (lower --dim or the batch size)")
 
 
 def _generate(spec: InputSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -138,6 +155,7 @@ def _from_samples(artifact: Artifact, batch_size: int,
         if data.dtype.kind not in "biuf" or (spec.dtype.kind in "biu" and data.dtype.kind == "f"):
             raise BadInput(f"{where} expects {spec.dtype}; samples are {data.dtype}")
         rows = spec.dims[0] if isinstance(spec.dims[0], int) else batch_size
+        _check_size(artifact, spec.name, [rows, *data.shape[1:]])
         batch = np.take(data, np.arange(rows) % data.shape[0], axis=0)  # repeat samples if too few
         for axis, dim in enumerate(spec.dims):
             size = batch.shape[axis]
@@ -159,7 +177,11 @@ def parse_dims(items: list[str]) -> dict[str, int]:
     dims = {}
     for item in items:
         key, sep, value = item.rpartition("=")
-        if not sep or not key or not value.strip().isdigit() or int(value) < 1:
+        digits = value.strip().lstrip("0")  # int() of thousands of digits is itself an error
+        if not sep or not key or not re.fullmatch(r"[0-9]+", digits):
             raise BadInput(f"--dim '{item}': expected NAME=SIZE or INPUT:AXIS=SIZE with a positive integer SIZE")
-        dims[key.strip()] = int(value)
+        if len(digits) > len(str(MAX_FEED_ELEMENTS)) or int(digits) > MAX_FEED_ELEMENTS:
+            raise BadInput(f"--dim '{item}': SIZE may be at most {MAX_FEED_ELEMENTS:,} "
+                           "(the most elements of one input)")
+        dims[key.strip()] = int(digits)
     return dims

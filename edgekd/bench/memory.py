@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -30,21 +31,27 @@ class MemoryProbeFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class MemoryFigures:
-    model_mb: float  # the model's peak increment over a process that only imported the runtime
+    model_mb: Optional[float]  # the model's peak increment over a runtime-only process; None: not measured
     process_peak_mb: float  # peak RSS of the process that ran the model
     baseline_mb: float  # peak RSS of the runtime-only process
 
 
 def measure_peak_memory(*, config: SessionConfig, feeds: dict[str, np.ndarray], runs: int = 5,
                         timeout_s: float = 600.0) -> MemoryFigures:
-    """Load and run the model `runs` times in a child process; compare with a baseline child."""
+    """Load and run the model `runs` times in a child process; compare with a baseline child.
+
+    A model process that peaks below the baseline (noise larger than a tiny model, or a runtime
+    that allocated less with the model than without) measured nothing about the model, so its
+    figure is None, never a 0 MB that would pass any memory SLO.
+    """
     config = replace(config, cpu_mem_arena=False)
     with tempfile.TemporaryDirectory(prefix="edgekd-mem-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
         baseline = _run_child(config, feeds_path, "baseline", runs, timeout_s)
         process_peak = _run_child(config, feeds_path, "model", runs, timeout_s)
-    return MemoryFigures(max(0.0, process_peak - baseline), process_peak, baseline)
+    increment = process_peak - baseline
+    return MemoryFigures(increment if increment >= 0 else None, process_peak, baseline)
 
 
 def _run_child(config: SessionConfig, feeds_path: Path, mode: str, runs: int, timeout_s: float) -> float:

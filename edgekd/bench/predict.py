@@ -11,7 +11,7 @@ from typing import Union
 
 import numpy as np
 
-from edgekd.bench.runtimes import openvino_core, runtime_error_summary
+from edgekd.bench.runtimes import openvino_config, openvino_core, runtime_error_summary
 from edgekd.errors import BadInput
 
 Inputs = Union[np.ndarray, dict[str, np.ndarray]]
@@ -35,7 +35,7 @@ def predict(*, model: Union[str, Path], inputs: Inputs, batch_size: int = 256) -
         raise BadInput(f"{path}: no such model file")
     try:
         if path.suffix == ".xml":
-            compiled = openvino_core().compile_model(str(path), "CPU")
+            compiled = openvino_core().compile_model(str(path), "CPU", openvino_config("CPU"))
             names = [port.get_any_name() for port in compiled.inputs]
             fixed = compiled.inputs[0].get_partial_shape()[0]
             batch = fixed.get_length() if fixed.is_static else batch_size

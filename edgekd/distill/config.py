@@ -15,9 +15,26 @@ from typing import Any, Callable
 import numpy as np
 from torch import nn
 
+from edgekd.data import SEED_LIMIT
 from edgekd.errors import BadInput
 
 MODES = ("offline", "self", "online", "multistage")
+
+# Upper bounds of a run, checked up front: past them a run never ends or overflows late.
+MAX_EPOCHS = 10_000
+"""Most epochs (also patience and warm-up): far past any distillation schedule, short of forever."""
+MAX_LR = 10.0
+"""Largest learning rate: AdamW and SGD diverge long before it; above it is a typo."""
+MAX_TEMPERATURE = 100.0
+"""Largest KD temperature: soft targets are flat long before it, and the loss scales by T^2."""
+MAX_LOSS_WEIGHT = 1e6
+"""Largest loss-term weight: room for attention transfer's beta of 1000, far below float32's 3e38."""
+MAX_WORKERS = 64
+"""Most data-loader worker processes: each is a process; more only floods the host."""
+MAX_PEERS = 16
+"""Most online-mode peers: each is a full copy of the student in memory."""
+MAX_GENERATIONS = 100
+"""Most self-distillation generations: each is a whole training run."""
 
 
 @dataclass
@@ -101,30 +118,39 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
 
     for key in ("kd", "response", "cache", "restore_best", "deterministic"):
         _require(isinstance(getattr(config, key), bool), key, f"must be true or false, got {getattr(config, key)!r}")
-    _require(isinstance(config.seed, int) and not isinstance(config.seed, bool), "seed", f"must be an integer, got {config.seed!r}")
+    _require(isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < SEED_LIMIT,
+             "seed", f"must be an integer >= 0 and below 2**32, got {config.seed!r}")
     _require(config.monitor is None or isinstance(config.monitor, str), "monitor", f"must be a metric name, got {config.monitor!r}")
     _require(config.cache_dir is None or isinstance(config.cache_dir, (str, Path)), "cache_dir",
              f"must be a path, got {config.cache_dir!r}")
     _require(isinstance(config.losses, list), "losses", "must be a list of loss terms")
     positive_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
     finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    _require(positive_int(config.epochs), "epochs", f"must be an integer >= 1, got {config.epochs!r}")
+    _require(positive_int(config.epochs) and config.epochs <= MAX_EPOCHS, "epochs",
+             f"must be an integer >= 1 and at most {MAX_EPOCHS}, got {config.epochs!r}")
     _require(positive_int(config.batch_size), "batch_size", f"must be an integer >= 1, got {config.batch_size!r}")
     _require(positive_int(config.eval_batch_size), "eval_batch_size", f"must be an integer >= 1, got {config.eval_batch_size!r}")
-    _require(finite(config.lr) and config.lr > 0, "lr", f"must be a positive number, got {config.lr!r}")
+    _require(finite(config.lr) and 0 < config.lr <= MAX_LR, "lr",
+             f"must be a positive number at most {MAX_LR:g}, got {config.lr!r}")
     _require(finite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", f"must be >= 0, got {config.weight_decay!r}")
-    _require(finite(config.temperature) and config.temperature > 0, "temperature", f"must be > 0, got {config.temperature!r}")
+    _require(finite(config.temperature) and 0 < config.temperature <= MAX_TEMPERATURE, "temperature",
+             f"must be > 0 and at most {MAX_TEMPERATURE:g}, got {config.temperature!r}")
     _require(finite(config.alpha) and 0 <= config.alpha <= 1, "alpha", f"must be in [0, 1], got {config.alpha!r}")
     _require(config.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {config.mode!r}")
-    _require(config.patience is None or positive_int(config.patience), "patience", f"must be None or an integer >= 1, got {config.patience!r}")
-    _require(isinstance(config.num_workers, int) and config.num_workers >= 0, "num_workers", f"must be an integer >= 0, got {config.num_workers!r}")
+    _require(config.patience is None or (positive_int(config.patience) and config.patience <= MAX_EPOCHS), "patience",
+             f"must be None or an integer >= 1 and at most {MAX_EPOCHS}, got {config.patience!r}")
+    _require(isinstance(config.num_workers, int) and not isinstance(config.num_workers, bool)
+             and 0 <= config.num_workers <= MAX_WORKERS, "num_workers",
+             f"must be an integer >= 0 and at most {MAX_WORKERS}, got {config.num_workers!r}")
     _require(finite(config.warmup_epochs) and 0 <= config.warmup_epochs < config.epochs, "warmup_epochs",
              f"must be in [0, epochs), got {config.warmup_epochs!r}")
     _require(config.grad_clip is None or (finite(config.grad_clip) and config.grad_clip > 0), "grad_clip",
              f"must be None or > 0, got {config.grad_clip!r}")
     _require(finite(config.min_delta) and config.min_delta >= 0, "min_delta", f"must be >= 0, got {config.min_delta!r}")
-    _require(positive_int(config.peers) and config.peers >= 2, "peers", f"online mode needs at least 2 peers, got {config.peers!r}")
-    _require(positive_int(config.generations), "generations", f"must be an integer >= 1, got {config.generations!r}")
+    _require(positive_int(config.peers) and 2 <= config.peers <= MAX_PEERS, "peers",
+             f"online mode needs at least 2 peers and at most {MAX_PEERS}, got {config.peers!r}")
+    _require(positive_int(config.generations) and config.generations <= MAX_GENERATIONS, "generations",
+             f"must be an integer >= 1 and at most {MAX_GENERATIONS}, got {config.generations!r}")
     _require(config.collate is None or callable(config.collate), "collate", "must be a callable (numpy batch -> model input)")
     _require(isinstance(config.augment, bool) or callable(config.augment), "augment", "must be a bool or a callable(x, rng) -> x")
     _require(isinstance(config.layer_map, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in config.layer_map.items()),
@@ -133,7 +159,8 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
         key = f"losses[{i}]"
         _require(isinstance(term, LossTerm), key, f"must be a LossTerm, got {type(term).__name__}")
         _require(term.name in loss_names, f"{key}.name", f"unknown loss '{term.name}' ({close_matches(term.name, sorted(loss_names))})")
-        _require(finite(term.weight) and term.weight >= 0, f"{key}.weight", f"must be a finite number >= 0, got {term.weight!r}")
+        _require(finite(term.weight) and 0 <= term.weight <= MAX_LOSS_WEIGHT, f"{key}.weight",
+                 f"must be a finite number >= 0 and at most {MAX_LOSS_WEIGHT:g}, got {term.weight!r}")
         _require(isinstance(term.params, dict), f"{key}.params", "must be a mapping")
 
 

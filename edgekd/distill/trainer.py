@@ -34,7 +34,7 @@ from edgekd.distill.hooks import FeatureTaps, output_tensor
 from edgekd.distill.inference import default_collate, eval_mode, model_device, predict, to_device
 from edgekd.distill.metrics import task_metric
 from edgekd.distill.objective import Objective, combine_peers
-from edgekd.errors import BadInput, EdgeKDError
+from edgekd.errors import NOT_INPUT_ERRORS, BadInput, EdgeKDError
 from edgekd.io import atomic_path
 
 FORMAT = "edgekd.distill.train_state/1"
@@ -263,10 +263,12 @@ class Trainer:
             return None
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except NOT_INPUT_ERRORS:
+            raise
         except Exception as err:  # torch raises many types for a corrupt file
             raise BadInput(f"{self.state_path}: unreadable training state ({type(err).__name__}); delete it to start over") from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise BadInput(f"{self.state_path}: not an edgekd training state")
+        if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("fingerprint"), dict):
+            raise BadInput(f"{self.state_path}: not an edgekd training state; delete it to start over")
         changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
         if changed:
             raise BadInput(f"{self.state_path}: written by a different run (differs in: {', '.join(changed)}); "

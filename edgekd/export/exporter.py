@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from edgekd.errors import BadInput, GateFailed
+from edgekd.errors import NOT_INPUT_ERRORS, BadInput, GateFailed
 from edgekd.export.gate import (
     compare,
     ort_int8_kernels,
@@ -36,6 +36,7 @@ from edgekd.export.gate import (
     quantized_compute_nodes,
 )
 from edgekd.export.passes import clean_qdq_graph
+from edgekd.export.sanity import task_check
 from edgekd.io import write_json
 from edgekd.quant import onnx_translation_table
 
@@ -68,6 +69,7 @@ class ExportResult:
     gate_passed: bool = True
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    task_check: dict = field(default_factory=dict)  # does the PyTorch model still work (edgekd.export.sanity)
     report: Path | None = None
 
 
@@ -173,6 +175,8 @@ def _export_onnx(model: nn.Module, example: tuple, path: Path, *, input_names, d
                               dynamic_shapes=dynamic_shapes,
                               custom_translation_table=onnx_translation_table(),
                               external_data=param_bytes > SINGLE_FILE_LIMIT, verbose=False)
+    except NOT_INPUT_ERRORS:
+        raise
     except Exception as err:  # the exporter raises many types; the model is what the user must change
         text = str(err)
         if "Exception summary" in text:  # torch.onnx wraps the real cause after this heading
@@ -257,7 +261,8 @@ def _run_runtime(run, inputs: tuple[np.ndarray, ...], batch: int, static: bool) 
 def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FORMATS, parity_inputs=None,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
            dynamic_dims: dict | None = None, static_shapes: bool = False, name: str = "model", gate: bool = True,
-           task: str = "classification", precision: str = "fp32") -> ExportResult:
+           task: str = "classification", precision: str = "fp32", labels=None,
+           recorded_accuracy: float | None = None) -> ExportResult:
     """Export `model` (an nn.Module or an edgekd checkpoint path) and verify each artifact.
 
     `example_inputs`: a tensor or a tuple of tensors (one per forward argument), also fixing the
@@ -270,6 +275,10 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
     `precision="fp16"` (for GPU targets that run FP16) stores a float model's weights and
     activations in FP16, keeping FP32 inputs and outputs so callers feed it as before; the same
     gate applies, and an overflow (inf/NaN at the outputs) fails it.
+
+    The gate also fails a model that no longer works in PyTorch itself (edgekd.export.sanity): the
+    same output for every parity input, or, given the parity inputs' `labels`, one class predicted
+    for all of them, or accuracy under half the `recorded_accuracy` (what training measured).
     """
     formats = tuple(formats)
     if not formats or any(f not in FORMATS for f in formats):
@@ -315,6 +324,11 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
                               for t in _as_tensors(parity_inputs, "parity_inputs"))
         if len(parity_arrays) != len(example):
             raise BadInput(f"parity_inputs has {len(parity_arrays)} arrays for {len(example)} model inputs")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim != 1 or len(labels) != len(parity_arrays[0]) or labels.dtype.kind not in "iu":
+                raise BadInput(f"labels: expected {len(parity_arrays[0])} integer class labels (one per parity "
+                               f"input), got shape {labels.shape} of {labels.dtype}")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
@@ -322,7 +336,8 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
             return _export_and_gate(model, example, work, out_dir, formats=formats, keep_onnx=keep_onnx, name=name,
                                     input_names=input_names, output_names=output_names, dims=dims,
                                     static_shapes=static_shapes, parity_arrays=parity_arrays,
-                                    parity_source=parity_source, gate=gate, task=task, precision=precision)
+                                    parity_source=parity_source, gate=gate, task=task, precision=precision,
+                                    labels=labels, recorded_accuracy=recorded_accuracy)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -330,7 +345,8 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
 
 
 def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep_onnx, name, input_names, output_names,
-                     dims, static_shapes, parity_arrays, parity_source, gate, task, precision) -> ExportResult:
+                     dims, static_shapes, parity_arrays, parity_source, gate, task, precision, labels,
+                     recorded_accuracy) -> ExportResult:
     batch = example[0].shape[0] if static_shapes else PARITY_BATCH
     try:
         with _peak_outputs(model, precision == "fp16") as peaks:
@@ -339,6 +355,8 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
         shapes = ", ".join(str(a.shape) for a in parity_arrays)
         raise BadInput(f"parity_inputs (shapes {shapes}) do not fit the model: "
                        f"{str(err).splitlines()[0][:200]}") from None
+    works, broken = task_check(reference[0], parity_arrays, task=task, labels=labels,
+                               recorded_accuracy=recorded_accuracy)
     onnx_path = work / f"{name}.onnx"
     _export_onnx(model, example if static_shapes else _widen(example, input_names, dims), onnx_path,
                  input_names=input_names, dims=dims)
@@ -356,7 +374,7 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
     onnx.save(graph, str(onnx_path))
     result = ExportResult(onnx=None, openvino_xml=None, parity={}, int8_executed={}, quantized=quantized,
                           precision=precision, input_names=input_names, output_names=output_names, dynamic_dims=dims,
-                          graph_rewrites=rewrites, problems=_fp16_overflow(peaks))
+                          graph_rewrites=rewrites, problems=broken + _fp16_overflow(peaks), task_check=works)
 
     def check_parity(runtime: str, run) -> None:
         try:
@@ -368,24 +386,36 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
         result.parity[runtime] = compare(reference, outputs, task=task)
         result.problems += [f"{runtime}: {p}" for p in parity_failures(result.parity[runtime], task=task)]
 
-    kernels, session = ort_int8_kernels(onnx_path)
-    check_parity("onnx", lambda part: session.run(None, dict(zip(input_names, part))))
-    result.int8_kernels["onnx"] = {"kernels": kernels, "expected": expected}
-    del session
+    def failed(runtime: str, step: str, err: Exception) -> None:
+        result.problems.append(f"{runtime}: {step} failed: {type(err).__name__}: "
+                               f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
+
+    try:
+        kernels, session = ort_int8_kernels(onnx_path)
+    except Exception as err:  # runtimes raise their own types; an artifact that cannot load is rejected
+        failed("onnx", "loading the model", err)
+    else:
+        check_parity("onnx", lambda part: session.run(None, dict(zip(input_names, part))))
+        result.int8_kernels["onnx"] = {"kernels": kernels, "expected": expected}
+        del session
 
     ov_dir = work / "openvino"
     if "openvino" in formats:
         import openvino as ov
 
         ov_dir.mkdir()
-        with _quiet():
-            ov.save_model(ov.convert_model(str(onnx_path)), str(ov_dir / f"{name}.xml"),
-                          compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
-        compiled = ov_compiled(ov_dir / f"{name}.xml")
-        check_parity("openvino", lambda part: list(compiled(list(part)).values()))
-        int8, total = ov_int8_kernels(compiled)
-        result.int8_kernels["openvino"] = {"kernels": int8, "compute_layers": total, "expected": expected}
-        del compiled
+        try:
+            with _quiet():
+                ov.save_model(ov.convert_model(str(onnx_path)), str(ov_dir / f"{name}.xml"),
+                              compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
+            compiled = ov_compiled(ov_dir / f"{name}.xml")
+        except Exception as err:  # OpenVINO raises its own types (e.g. on NaN scales)
+            failed("openvino", "converting and compiling the model", err)
+        else:
+            check_parity("openvino", lambda part: list(compiled(list(part)).values()))
+            int8, total = ov_int8_kernels(compiled)
+            result.int8_kernels["openvino"] = {"kernels": int8, "compute_layers": total, "expected": expected}
+            del compiled
 
     for runtime, counts in result.int8_kernels.items():
         ran = sum(counts["kernels"].values())
@@ -403,7 +433,8 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
                 "quantized": quantized, "precision": precision, "graph_rewrites": rewrites, "input_names": input_names,
                 "output_names": output_names,
                 "dynamic_dims": {k: {str(a): v for a, v in d.items()} for k, d in dims.items()},
-                "static_shapes": static_shapes, "gate": "passed" if result.gate_passed else "failed",
+                "static_shapes": static_shapes, "task_check": works,
+                "gate": "passed" if result.gate_passed else "failed",
                 "problems": result.problems, "warnings": result.warnings}
     if gate and not result.gate_passed:
         rejected = out_dir / "rejected" / name
@@ -416,7 +447,8 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
             stale.unlink(missing_ok=True)
         raise GateFailed(f"export gate failed for '{name}': {'; '.join(result.problems)} "
                          f"(rejected files kept in {rejected})")
-    _publish(work, out_dir, name=name, keep_onnx=keep_onnx, openvino="openvino" in formats, result=result)
+    _publish(work, out_dir, name=name, keep_onnx=keep_onnx, result=result,
+             openvino=(ov_dir / f"{name}.xml").is_file())  # ungated (gate=False), a failed conversion has none
     result.report = write_json(out_dir / f"{name}.export.json", evidence)
     return result
 

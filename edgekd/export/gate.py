@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgekd.bench.runtimes import openvino_config
+
 # ONNX Runtime kernels that compute a conv/matmul on integers.
 ORT_INT8_COMPUTE = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
                     "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv"}
@@ -77,10 +79,7 @@ def ov_compiled(xml: Path, *, device: str = "CPU", threads: int | None = None):
     import openvino as ov
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(core.read_model(str(xml)), device, config)
+    return core.compile_model(core.read_model(str(xml)), device, openvino_config(device, threads=threads))
 
 
 def ov_int8_kernels(compiled) -> tuple[dict[str, int], dict[str, int]]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from edgekd.checkpoint import LoadedModel, register_directory_loader
 from edgekd.errors import BadInput
+from edgekd.hf_files import SAFE_LOAD, SAFE_WEIGHTS, require_safetensors
 from edgekd.models import ModelRef
 
 SUPPORTED_MODULES = {
@@ -207,11 +208,12 @@ def load_hf_encoder(model_dir: str | Path, *, attn_implementation: str = "eager"
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise BadInput(f"{model_dir}: no config.json; not a Hugging Face model directory")
+    require_safetensors(model_dir)
     hf_logging.disable_progress_bar()
     try:
         # float32 whatever the stored precision: training, fake quantization and export all start from it
-        model = AutoModel.from_pretrained(model_dir, local_files_only=True, attn_implementation=attn_implementation,
-                                          dtype=torch.float32)
+        model = AutoModel.from_pretrained(model_dir, attn_implementation=attn_implementation, dtype=torch.float32,
+                                          **SAFE_WEIGHTS)
     except (OSError, ValueError, KeyError) as err:
         raise BadInput(f"{model_dir}: cannot load the Hugging Face model: {str(err).splitlines()[0][:200]}") from None
     finally:
@@ -240,7 +242,7 @@ def _tokenizer_pad_id(transformer_dir: Path) -> int | None:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(transformer_dir, local_files_only=True).pad_token_id
+        return AutoTokenizer.from_pretrained(transformer_dir, **SAFE_LOAD).pad_token_id
     except (OSError, ValueError, KeyError):
         return None
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from edgekd.errors import BadInput
+from edgekd.hf_files import SAFE_LOAD
 from edgekd.hf.encoder import read_layout
 
 DEFAULT_MAX_LENGTH = 128
@@ -29,7 +30,7 @@ def load_tokenizer(*, path: str | Path):
     path = Path(path)
     tokenizer_dir = read_layout(path).transformer_dir if path.is_dir() else path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **SAFE_LOAD)
     except (OSError, ValueError, KeyError) as err:
         raise BadInput(f"{tokenizer_dir}: cannot load a tokenizer: {str(err).splitlines()[0][:200]}") from None
     if tokenizer.pad_token_id is None:

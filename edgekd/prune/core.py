@@ -13,7 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgekd.errors import BadInput
+from edgekd.errors import NOT_INPUT_ERRORS, BadInput
 from edgekd.prune.attention import find_attention
 from edgekd.prune.measure import Inputs, call_model, latency_p50_ms, module_macs
 from edgekd.prune.planner import ROOT_TYPES, Planner
@@ -112,6 +112,8 @@ def _run_located(model: nn.Module, inputs: Inputs, failure: str):
     try:
         with torch.no_grad():
             return call_model(model, inputs)
+    except NOT_INPUT_ERRORS:
+        raise
     except Exception as err:
         raise BadInput(f"{failure}{_where_it_failed(err, running[-1] if running else None)}") from None
     finally:
@@ -175,6 +177,8 @@ def _trace(model: nn.Module, inputs: Inputs) -> tp.DependencyGraph:
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, forward_fn=call_model, output_transform=_sum_outputs, verbose=False)
+    except NOT_INPUT_ERRORS:
+        raise
     except Exception as err:
         raise BadInput(f"cannot trace {type(model).__name__} for pruning{_where_it_failed(err, None)}") from None
     finally:

@@ -4,8 +4,11 @@
 loading needs PyTorch only, not the model's Python class. The archive is JSON (graph, tensor
 metadata) plus raw tensor bytes, but `torch.export.load` will unpickle payloads an archive marks
 as pickled (tensor subclasses, custom objects, an unreadable sample-input file, the legacy
-layout), which runs code from the file. `load_program` therefore refuses any archive that has
-such a payload before handing it to `torch.export.load`.
+layout), which runs code from the file, and it evaluates the archive's shape expressions with
+sympy and `exec`s its recorded guards: Python source from the file. So `load_program` is for
+programs you made: it requires `trusted=True`, and still refuses any archive with a pickled
+payload. (Validating every expression and guard would mean re-implementing torch's parser; an
+opt-in is the honest contract.) edgekd itself only writes `.pt2` files, never loads one.
 """
 
 from __future__ import annotations
@@ -61,9 +64,13 @@ def _unsafe_payloads(archive: zipfile.ZipFile) -> list[str]:
     return unsafe
 
 
-def load_program(*, path: str | Path) -> nn.Module:
-    """The module of a program saved by `save_program`; the program needs PyTorch only, not the model's code."""
+def load_program(*, path: str | Path, trusted: bool = False) -> nn.Module:
+    """The module of a program saved by `save_program`; the program needs PyTorch only, not the model's code.
+    `trusted=True` says you made the file: loading evaluates expressions and guard code it holds."""
     path = Path(path)
+    if not trusted:
+        raise BadInput(f"{path}: loading a .pt2 program evaluates shape expressions and guard code stored in it; "
+                       "load only programs you made, with load_program(path=..., trusted=True)")
     if not path.is_file():
         raise BadInput(f"{path}: no such program file")
     try:

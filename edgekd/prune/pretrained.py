@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from edgekd.errors import BadInput
+from edgekd.hf_files import SAFE_LOAD, SAFE_WEIGHTS, require_safetensors
 from edgekd.prune.reshape import reshape_to_state_dict, shape_config
 
 CONFIG_KEY = "edgekd_pruning"
@@ -56,14 +57,18 @@ def load_pretrained(*, path: str | Path) -> nn.Module:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise BadInput(f"{path}: not a Hugging Face model directory (no config.json)")
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **SAFE_LOAD)
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInput(f"{path / 'config.json'}: cannot read the model config: {str(err).splitlines()[0][:200]}") from None
     architecture = (getattr(config, "architectures", None) or [""])[0]
     model_class = getattr(transformers, architecture, None) if architecture else None
     if not isinstance(model_class, type) or not issubclass(model_class, transformers.PreTrainedModel):
         raise BadInput(f"{path / 'config.json'}: key 'architectures': {architecture!r} is not a transformers model class")
     spec = getattr(config, CONFIG_KEY, None)
     if spec is None:
-        return model_class.from_pretrained(path, local_files_only=True).eval()
+        require_safetensors(path)
+        return model_class.from_pretrained(path, **SAFE_WEIGHTS).eval()
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise BadInput(f"{path}: a pruned model needs its weights in model.safetensors (not found)")

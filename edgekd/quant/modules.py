@@ -73,9 +73,27 @@ class FakeQuantizer(nn.Module):
         self._frozen = bool(value)
         self.flags[1] = int(value)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         self._enabled, self._frozen = (bool(v) for v in self.flags.tolist())
+        error_msgs.extend(f"{prefix}{problem}" for problem in self.invalid_parameters())
+
+    def invalid_parameters(self) -> list[str]:
+        """What makes these quantization parameters unusable: a step that is not a finite positive number
+        (a learned LSQ scale counts by magnitude), or a zero point off the integer grid."""
+        problems = []
+        scale = self.scale.detach()
+        step = scale.abs() if self.learnable else scale
+        if not bool(torch.isfinite(scale).all()):
+            problems.append("scale: quantization scales must be finite (found inf or NaN)")
+        elif not bool((step > 0).all()):
+            problems.append(f"scale: quantization scales must be > 0 (found {float(step.min()):g})")
+        zero = self.zero_point
+        if zero.numel() and not bool(((zero >= self.grid.qmin) & (zero <= self.grid.qmax)).all()):
+            problems.append(f"zero_point: must lie on the grid [{self.grid.qmin}, {self.grid.qmax}]")
+        return problems
 
     def extra_repr(self) -> str:
         where = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"

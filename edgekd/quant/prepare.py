@@ -7,6 +7,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from edgekd.errors import BadInput
@@ -36,7 +37,7 @@ def _check_scheme(scheme) -> QuantScheme:
     if isinstance(scheme, dict):
         try:
             return QuantScheme.model_validate(scheme)
-        except Exception as err:
+        except ValidationError as err:
             raise BadInput(f"quantization scheme: {str(err).splitlines()[0]}") from None
     raise BadInput(f"scheme must be an edgekd.targets.QuantScheme (a target's 'quantization' block), "
                    f"got {type(scheme).__name__}")
