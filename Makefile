@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 BENCH_STAMP := $(VENV)/.edgekd-bench-installed
 
-.PHONY: demo test test-fast system-deps bench clean
+.PHONY: demo test test-fast imports system-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,10 +34,14 @@ bench: $(BENCH_STAMP)
 system-deps:
 	.ci/system-deps
 
-test: $(STAMP) system-deps
+# The import contracts in pyproject.toml (layers run one way, no cycles): a violation fails the build.
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
+test: $(STAMP) system-deps imports
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) system-deps
+test-fast: $(STAMP) system-deps imports
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -102,7 +102,7 @@ def onnx_runner(path: Path, threads: int | None):
 def openvino_runner(xml: Path):
     import openvino as ov
 
-    from edgekd.bench.runtimes import openvino_config
+    from edgekd.runtimes import openvino_config
 
     compiled = ov.Core().compile_model(str(xml), "CPU", openvino_config("CPU"))  # f32, not the host's bf16
     output = next(o for o in compiled.outputs if "sentence_embedding" in o.get_names())

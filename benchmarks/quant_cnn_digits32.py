@@ -2,7 +2,7 @@
 
 Trains an FP32 edgekd.models.resnet teacher on the 'digits32' calibration set (32x32), then for
 the x86 CPU targets (ONNX Runtime, OpenVINO):
-  1. chooses per layer kind what stays float (edgekd.quant.choose_layers_for_target),
+  1. chooses per layer kind what stays float (edgekd.tune.choose_layers_for_target),
   2. PTQ: calibration only (the "quantized teacher" baseline),
   3. QAT+KD: the FP32 teacher distils into its own fake-quant copy (logit KD + hard labels),
   4. exports FP32 / PTQ / QAT through the parity gate to ONNX (QDQ) and OpenVINO IR,
@@ -32,16 +32,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekd.bench import measure_latency  # noqa: E402
+from edgekd.bench import measure_latency, predict  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
 from edgekd.distill import DistillConfig, distill, evaluate  # noqa: E402
 from edgekd.errors import GateFailed  # noqa: E402
 from edgekd.export import export  # noqa: E402
-from edgekd.export.gate import ort_session, ov_compiled  # noqa: E402
 from edgekd.host import isa_summary  # noqa: E402
 from edgekd.io import write_json  # noqa: E402
 from edgekd.models import resnet  # noqa: E402
-from edgekd.quant import QuantConfig, choose_layers_for_target, qat_distill_config, quantize  # noqa: E402
+from edgekd.quant import QuantConfig, qat_distill_config, quantize  # noqa: E402
+from edgekd.tune import choose_layers_for_target  # noqa: E402
 from edgekd.targets import availability, load_target  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quant_cnn_digits32.json"
@@ -57,12 +57,8 @@ def _settings(quick: bool) -> dict:
             "choice_rounds": 3, "choice_budget_s": 0.3}
 
 
-def _runtime_accuracy(path: Path, runtime: str, x: np.ndarray, y: np.ndarray) -> float:
-    if runtime == "onnxruntime":
-        session = ort_session(path)
-        logits = session.run(None, {session.get_inputs()[0].name: x})[0]
-    else:
-        logits = next(iter(ov_compiled(path)([x]).values()))
+def _runtime_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    logits = predict(model=path, inputs=x)  # on the runtime the file is for (.onnx ORT, .xml OpenVINO)
     return float((np.asarray(logits).argmax(1) == y).mean())
 
 
@@ -126,7 +122,7 @@ def run(quick: bool, out: Path, seed: int, workdir: str) -> int:
         entry = results[target.name] = {"available": available, "reason": reason, "layer_choice": choice.as_dict()}
         fp32 = export(model=teacher, example_inputs=example, out_dir=work / target.name / "fp32",
                       parity_inputs=data.x_test, formats=formats)
-        entry["fp32_accuracy"] = _runtime_accuracy(getattr(fp32, fmt), runtime, data.x_test, data.y_test)
+        entry["fp32_accuracy"] = _runtime_accuracy(getattr(fp32, fmt), data.x_test, data.y_test)
         if choice.whole_model and choice.whole_model["all_float"]:
             entry["int8"] = f"kept float: {choice.reason}"
             continue
@@ -149,7 +145,7 @@ def run(quick: bool, out: Path, seed: int, workdir: str) -> int:
                 problems.append(f"{target.name}: {name} export gate failed: {err}")
                 continue
             runtime_key = formats[0]
-            entry[f"{name}_accuracy"] = _runtime_accuracy(getattr(exported[name], fmt), runtime, data.x_test,
+            entry[f"{name}_accuracy"] = _runtime_accuracy(getattr(exported[name], fmt), data.x_test,
                                                           data.y_test)
             entry[f"{name}_parity"] = exported[name].parity[runtime_key]
             entry[f"{name}_int8_kernels"] = exported[name].int8_kernels[runtime_key]

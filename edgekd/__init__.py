@@ -15,19 +15,16 @@ Stages are imported on first use, so `import edgekd` (and the CLI) start fast.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("edgekd")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+source"
+from edgekd._version import __version__
+from edgekd.registry import register_all
 
 # name -> (module, attribute); a stage package that is itself callable has attribute None.
 _API = {
     "compress": ("edgekd.pipeline", "compress"),
     "prune": ("edgekd.prune", None),
     "distill": ("edgekd.distill", None),
-    "quantize": ("edgekd.quant", "quantize"),
+    "quantize": ("edgekd.tune", "quantize"),
     "export": ("edgekd.export", None),
     "benchmark": ("edgekd.bench", "benchmark"),
     "load_target": ("edgekd.targets", "load_target"),
@@ -35,7 +32,9 @@ _API = {
     "load_model": ("edgekd.checkpoint", "load_model"),
 }
 
-__all__ = sorted(_API)
+__all__ = sorted(_API) + ["__version__"]
+
+register_all()  # the composition root: transforms, directory loaders (cheap: nothing heavy is imported)
 
 
 def __getattr__(name: str):

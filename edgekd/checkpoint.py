@@ -5,39 +5,26 @@ A checkpoint is a `torch.save`d dict of plain types and tensors, read back with
 (`package.module:callable` and its keyword arguments), which is called only if it is one of
 edgekd's built-ins or one the user trusts (edgekd.factories), every field is validated before
 anything is built, and the ordered transforms applied since
-(structured pruning, fake quantization); stages register how to replay their transform, so
-a pruned or quantized model reloads to exactly its trained shape.
+(structured pruning, fake quantization); edgekd.registry wires how each is replayed
+(edgekd.plugins.TRANSFORMS), so a pruned or quantized model reloads to exactly its trained shape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
+from edgekd import plugins
 from edgekd.errors import NOT_INPUT_ERRORS, BadInput
 from edgekd.factories import checked_kwargs, user_trusted
 from edgekd.io import atomic_path
 from edgekd.models import ModelRef, call_factory
 
 FORMAT = "edgekd.checkpoint/1"
-
-# name -> fn(model, config, state_dict) -> model; registered by the stage that owns the transform.
-_TRANSFORMS: dict[str, Callable[[nn.Module, dict, dict], nn.Module]] = {}
-
-
-def register_transform(name: str):
-    """Decorator: how to replay transform `name` on a freshly built model before loading weights."""
-
-    def wrap(fn):
-        _TRANSFORMS[name] = fn
-        return fn
-
-    return wrap
-
 
 @dataclass
 class LoadedModel:
@@ -63,12 +50,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, ref: ModelRef, transf
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
-
-
-def _transform_owners() -> None:
-    """The stages that own checkpoint transforms register them when imported (pruning, fake quantization)."""
-    import edgekd.prune  # noqa: F401
-    import edgekd.quant  # noqa: F401
 
 
 def _validated(payload: object, path: Path) -> dict:
@@ -108,9 +89,8 @@ def load_checkpoint(path: str | Path, *, trusted_factories: Iterable[str] = ()) 
     ref = ModelRef(payload["factory"], kwargs)
     model = call_factory(ref.factory, ref.kwargs)
     state = payload["state_dict"]
-    _transform_owners()
     for step in payload["transforms"]:
-        replay = _TRANSFORMS.get(step["name"])
+        replay = plugins.TRANSFORMS.get(step["name"])
         if replay is None:
             raise BadInput(f"{path}: transform '{step['name']}' is unknown to this edgekd version")
         try:
@@ -138,25 +118,13 @@ def model_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-# Directory loaders (e.g. Hugging Face model folders) register here: fn(path) -> LoadedModel | None.
-_DIRECTORY_LOADERS: list[Callable[[Path], "LoadedModel | None"]] = []
-
-
-def register_directory_loader(fn):
-    """Decorator: a loader that recognises a model directory layout, returning None when it does not."""
-    _DIRECTORY_LOADERS.append(fn)
-    return fn
-
-
 def load_model(ref: str | Path, *, trusted_factories: Iterable[str] = (), seed: int | None = 0) -> LoadedModel:
     """Resolve a model reference: `package.module:factory` (the user named it, so it is called, under
     `seed`: the same run builds the same initial weights), an edgekd checkpoint (whose factory must be
     trusted: see load_checkpoint), or a model directory."""
     path = Path(str(ref))
     if path.is_dir():
-        import edgekd.hf  # noqa: F401  (registers the Hugging Face directory loader)
-
-        for loader in _DIRECTORY_LOADERS:
+        for loader in plugins.DIRECTORY_LOADERS:
             loaded = loader(path)
             if loaded is not None:
                 return loaded

@@ -139,17 +139,6 @@ def _creatable(folder: Path, flag: str, given: Path) -> None:
         raise BadInput(f"{flag} {given}: {existing} is not writable")
 
 
-def _example_input(dataset, command: str):
-    """One input batch of tensor data; text data is for Hugging Face encoders, which `compress`,
-    `distill` and `export` handle (they need the tokenizer saved with the teacher)."""
-    import torch
-
-    if dataset.is_text:
-        raise BadInput(f"--data {dataset.name}: text data, which `edgekd {command}` does not take; for a Hugging Face "
-                       "text encoder run `edgekd compress --teacher MODEL_DIR --student layers:N --data TEXT`")
-    return torch.from_numpy(dataset.x_val[:1])
-
-
 @app.command()
 def distill(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or model dir."),
@@ -171,11 +160,12 @@ def distill(
     trust_factory: List[str] = _trust_option(),
 ):
     """Knowledge distillation only: train the FP32 student, write OUT/student.pt."""
-    from edgekd.checkpoint import load_model, save_checkpoint
+    from edgekd.checkpoint import LoadedModel, load_model, save_checkpoint
     from edgekd.data import load_data
     from edgekd.distill import config_from_mapping, distill as run_distill
+    from edgekd.families import family_for
     from edgekd.io import write_json
-    from edgekd.recipe import load_recipe
+    from edgekd.recipe import PruneSection, load_recipe
 
     _output_dir(out, "--out")
     settings = dict(load_recipe(recipe, data=data).distill) if recipe else {}
@@ -183,46 +173,34 @@ def distill(
     settings.update({k: v for k, v in flags.items() if v is not None})
     if no_kd:
         settings["kd"] = False
-    config = config_from_mapping(settings, source=str(recipe or "command line"))
+    source_name = str(recipe or "command line")
+    config = config_from_mapping(settings, source=source_name)  # checked before any model is built
     trusted = _trusted(trust_factory, teacher, student, assistant)
     dataset = load_data(data, labeled_fraction=labeled_fraction)
     build = {"trusted_factories": trusted, "seed": config.seed}  # the same command builds the same initial weights
-    teacher_model = load_model(teacher, **build).model if teacher else None
-    if dataset.is_text:
-        source, config = _encoder_distill(teacher_model, student, config, settings, build)
+    teacher_loaded = load_model(teacher, **build) if teacher else None
+    if student.startswith(("layers:", "prune:")):  # a student made from the teacher, by its family
+        if teacher_loaded is None:
+            raise BadInput(f"--student {student}: a student made from the teacher needs --teacher")
+        made = family_for(model=teacher_loaded.model, data=dataset, label=f"--teacher {teacher}").make_student(
+            student, channel_multiple=1, prune_settings=PruneSection(), seed=config.seed)
+        source = LoadedModel(made.model, teacher_loaded.ref, teacher_loaded.transforms + [made.transform], {})
     else:
         source = load_model(student, **build)
-    result = run_distill(student=source.model, teacher=teacher_model,
-                         assistant=load_model(assistant, **build).model if assistant else None,
-                         data=dataset,
+    reference = teacher_loaded or source
+    family = family_for(model=reference.model, data=dataset, label=teacher or student)
+    if not config.kd and not family.trains_without_teacher():
+        raise BadInput(f"--no-kd with --data {dataset.name}: unlabeled data gives no training signal without the "
+                       "teacher")
+    config = family.distill_config(settings, source=source_name, student=source.model)
+    result = run_distill(student=source.model, teacher=teacher_loaded.model if teacher_loaded else None,
+                         assistant=load_model(assistant, **build).model if assistant else None, data=dataset,
                          config=config, out_dir=out, resume=resume)
     save_checkpoint(out / "student.pt", result.model, ref=source.ref, transforms=source.transforms,
                     meta={"best_epoch": result.best_epoch, "metrics": result.metrics})
     write_json(out / "distill.json", {"history": result.history, "metrics": result.metrics})
     console.print(f"best epoch {result.best_epoch}: {result.metrics}")
     console.print(f"wrote {out / 'student.pt'}")
-
-
-def _encoder_distill(teacher, student: str, config, settings: dict, build: dict):
-    """Text data: a Hugging Face encoder teacher, a student spec (`layers:N`, `prune:R`, a checkpoint or
-    factory), and the encoder KD recipe `compress` uses (pooled cosine + hidden + attention hints)."""
-    from edgekd.checkpoint import LoadedModel, load_model
-    from edgekd.hf import SentenceEncoder, encode_batch, encoder_kd_config, load_tokenizer, make_student, model_ref
-
-    if not isinstance(teacher, SentenceEncoder):
-        raise BadInput("--data is text: distilling text needs --teacher a Hugging Face model directory "
-                       "(a sentence encoder), which gives the student its tokenizer and targets")
-    if not config.kd:
-        raise BadInput("--no-kd with text data: unlabeled text gives no training signal without the teacher")
-    tokenizer = load_tokenizer(path=teacher.source_dir)
-    if student.startswith(("layers:", "prune:")):
-        made = make_student(teacher=teacher, spec=student,
-                            example_inputs=encode_batch(tokenizer=tokenizer, texts=["a b", "c d e"]))
-        source = LoadedModel(made.model, model_ref(teacher), [made.transform], {})
-    else:
-        source = load_model(student, **build)
-    overrides = {k: getattr(config, k) for k in settings if k not in ("kd", "response", "losses")}
-    return source, encoder_kd_config(student=source.model, teacher=teacher, tokenizer=tokenizer, **overrides)
 
 
 @app.command()
@@ -244,8 +222,9 @@ def prune(
     from edgekd.checkpoint import load_model, save_checkpoint
     from edgekd.data import load_data
     from edgekd.io import write_json
+    from edgekd.families import family_for
     from edgekd.prune import save_program
-    from edgekd.steps import prune_with_recovery
+    from edgekd.recipe import PruneSection
     from edgekd.targets import load_target
 
     _output_file(out, "--out")
@@ -255,11 +234,12 @@ def prune(
         raise BadInput(f"--recovery-epochs {recovery_epochs}: must be >= 0")
     dataset = load_data(data)  # cheap checks first: a missing file before any model is built
     source = load_model(model, trusted_factories=_trusted(trust_factory, model))
-    example = _example_input(dataset, "prune")
-    result = prune_with_recovery(
-        teacher=source.model, data=dataset, ratio=ratio, importance=importance, global_pruning=global_pruning,
-        channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1),
-        steps=steps, recovery_epochs=recovery_epochs, ignore_layers=ignore)
+    family = family_for(model=source.model, data=dataset, label=model)
+    settings = PruneSection(importance=importance, global_pruning=global_pruning, steps=steps,
+                            recovery_epochs=recovery_epochs, ignore_layers=list(ignore))
+    result = family.make_student(f"prune:{ratio}", prune_settings=settings, seed=0,
+                                 channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1))
+    example = family.example_input()
     save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + [result.transform],
                     meta={"prune": result.report})
     program = save_program(model=result.model, example_inputs=example, path=out.with_suffix(".pt2"))
@@ -290,8 +270,10 @@ def quantize(
     from edgekd.checkpoint import load_model, save_checkpoint
     from edgekd.data import load_data
     from edgekd.distill import evaluate
-    from edgekd.quant import QuantConfig, checkpoint_transform, qat_distill_config, quantize as run_quantize
+    from edgekd.families import family_for
+    from edgekd.quant import QuantConfig, checkpoint_transform, qat_distill_config
     from edgekd.targets import availability, load_target
+    from edgekd.tune import quantize as run_quantize
 
     if mode not in ("qat", "ptq"):
         raise BadInput(f"--mode '{mode}': expected qat or ptq")
@@ -301,15 +283,17 @@ def quantize(
     dataset = load_data(data)  # cheap checks first: a missing file before any model is built
     source = load_model(model, trusted_factories=trusted)
     teacher_model = load_model(teacher, trusted_factories=trusted).model if teacher else None
-    measurable = latency_aware and availability(profile)[0]
-    config = QuantConfig.for_target(profile, mode=mode, observer=observer, latency_aware=measurable,
-                                    distill=qat_distill_config(epochs=epochs, lr=lr))
-    result = run_quantize(model=source.model, data=dataset, config=config,
-                          teacher=teacher_model,
-                          target=profile if measurable else None, example_inputs=_example_input(dataset, "quantize"),
+    family = family_for(model=source.model, data=dataset, label=model)
+    measurable = latency_aware and availability(profile)[0] and family.times_layer_choices()
+    kd = family.qat_distill_config(qat_distill_config(epochs=epochs, lr=lr, collate=family.collate()),
+                                   student=source.model)
+    config = QuantConfig.for_target(profile, mode=mode, observer=observer, latency_aware=measurable, distill=kd)
+    result = run_quantize(model=source.model, data=dataset, config=config, teacher=teacher_model,
+                          target=profile if measurable else None, example_inputs=family.example_input(),
                           out_dir=out.parent / f"{out.stem}-work", resume=resume)
     kept = [] if result.kept_float else [checkpoint_transform(result.model)]
-    metrics = evaluate(result.model, dataset.x_val, dataset.y_val, task=dataset.task, teacher=teacher_model)
+    metrics = evaluate(result.model, dataset.x_val, dataset.y_val, task=dataset.task, collate=family.collate(),
+                       teacher=teacher_model or source.model)  # recorded for the export gate's check
     save_checkpoint(out, result.model, ref=source.ref, transforms=source.transforms + kept,
                     meta={"quantization": result.report.as_dict(), "kept_float": result.kept_float, "metrics": metrics})
     console.print(result.report.summary())
@@ -337,6 +321,7 @@ def export(
     from edgekd.checkpoint import load_checkpoint
     from edgekd.data import load_data
     from edgekd.export import export as run_export
+    from edgekd.families import family_for
     from edgekd.quant import FakeQuantizer
     from edgekd.targets import load_target
 
@@ -353,14 +338,9 @@ def export(
     if precision is None:  # an fp16 profile asks for FP16, of a float model; a fake-quant one exports INT8
         quantized = any(isinstance(m, FakeQuantizer) for m in model.modules())
         precision = "fp16" if profile and profile.precision == "fp16" and not quantized else "fp32"
-    if dataset.is_text:
-        result = _export_text_encoder(model, checkpoint, dataset, out=out, formats=wanted, name=name,
-                                      precision=precision)
-    else:
-        result = run_export(model=model, example_inputs=_example_input(dataset, "export"), out_dir=out,
-                            formats=wanted, parity_inputs=dataset.x_test, static_shapes=static, name=name,
-                            task=dataset.task, precision=precision, labels=dataset.y_test,
-                            recorded_accuracy=_recorded_accuracy(loaded.meta))
+    family = family_for(model=model, data=dataset, label=str(checkpoint))
+    result = run_export(model=family.export_view(model), out_dir=out, formats=wanted, name=name, precision=precision,
+                        recorded_accuracy=_recorded_accuracy(loaded.meta), **family.export_inputs(static_shapes=static))
     for runtime, figures in result.parity.items():
         top1 = f"top-1 agreement {figures['top1_agreement']:.4f}, " if "top1_agreement" in figures else ""
         console.print(f"{runtime}: {top1}cosine {figures['cosine']:.6f}, INT8 executed: {result.int8_executed.get(runtime)}")
@@ -372,17 +352,6 @@ def _recorded_accuracy(meta: dict) -> Optional[float]:
     """The validation accuracy training recorded in a checkpoint (edgekd distill / quantize write it)."""
     value = (meta.get("metrics") or {}).get("accuracy") if isinstance(meta.get("metrics"), dict) else None
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
-
-
-def _export_text_encoder(model, checkpoint: Path, dataset, **options):
-    """A sentence-encoder checkpoint, exported with dynamic batch and sequence like `compress` does."""
-    from edgekd.hf import SentenceEncoder, export_encoder, load_tokenizer
-
-    if not isinstance(model, SentenceEncoder):
-        raise BadInput(f"{checkpoint}: {type(model).__name__} is not a text encoder, but --data {dataset.name} is text")
-    out = options.pop("out")
-    return export_encoder(model=model, tokenizer=load_tokenizer(path=model.source_dir), texts=dataset.x_test,
-                          out_dir=out, **options)
 
 
 @app.command()

@@ -193,7 +193,7 @@ def _load_fortunes(spec: DatasetSpec, source: str):
     return x, None, content_hash(x)
 
 
-def _claimed_bytes(archive, name: str, path: Path) -> int:
+def claimed_npz_bytes(archive, name: str, path: Path) -> int:
     """What array `name` of an open .npz decompresses to, from its .npy header (shape x item size),
     without loading it: a zip member can claim any shape."""
     member = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
@@ -217,7 +217,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
             if "x" not in archive.files:
                 raise BadInput(f"{path}: an .npz dataset needs an array named 'x' (found: {', '.join(archive.files) or 'none'})")
             names = ["x", "y"] if "y" in archive.files else ["x"]
-            claimed = sum(_claimed_bytes(archive, name, path) for name in names)
+            claimed = sum(claimed_npz_bytes(archive, name, path) for name in names)
             if claimed > MAX_NPZ_BYTES:
                 raise BadInput(f"{path}: arrays {' and '.join(repr(n) for n in names)} decompress to "
                                f"{claimed / 2**30:,.1f} GiB; an .npz dataset may hold at most "

@@ -2,8 +2,11 @@
 
 `BadInput` (exit 2) is the user's to fix: the message names the file, key or shape at
 fault. `GateFailed` (exit 1) means the run worked but its evidence says "do not ship":
-an SLO missed or an exported model that disagrees with PyTorch.
+an SLO missed or an exported model that disagrees with PyTorch. Anything else that escapes is a
+crash (exit 3). `close_matches` words the "did you mean" part of a message.
 """
+
+import difflib
 
 
 class EdgeKDError(Exception):
@@ -28,3 +31,13 @@ class GateFailed(EdgeKDError):
 # limits (MemoryError). Code that turns a library's many exception types into BadInput re-raises
 # these first, so they surface as a crash (exit 3), not as "fix your input".
 NOT_INPUT_ERRORS = (ImportError, MemoryError)
+
+
+def close_matches(name: str, candidates, limit: int = 12) -> str:
+    """'close matches: a, b' for an error message, or what exists (a sample only of long lists)."""
+    candidates = list(candidates)
+    near = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
+    if near:
+        return "close matches: " + ", ".join(near)
+    sample = ", ".join(candidates[:limit]) + (", ..." if len(candidates) > limit else "")
+    return f"available: {sample or 'none'}"

@@ -15,7 +15,6 @@ so `--resume` picks up where an interrupted run stopped.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from rich.console import Console
 from edgekd import steps as S
 from edgekd.checkpoint import load_model, model_sha256
 from edgekd.data import load_data
+from edgekd.families import family_for
 from edgekd.recipe import Recipe
 from edgekd.runstate import RunState, check_run_folder
 from edgekd.targets import load_target
@@ -45,12 +45,14 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
 
     data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)  # cheap checks before the teacher
     teacher = load_model(recipe.teacher, trusted_factories=recipe.trusted_factories(), seed=recipe.seed)
+    family = family_for(model=teacher.model, data=data)  # the one place the kind of model is decided
     targets = [load_target(name) for name in recipe.targets]
     plan = S.plan_targets(targets)
     out = Path(recipe.out)
     run = RunState(out, resume=resume, trusted_factories=recipe.trusted_factories(), fingerprint={
         "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256})
-    ctx = S.Context(recipe=recipe, data=data, teacher=teacher, plan=plan, run=run, console=console, resume=resume)
+    ctx = S.Context(recipe=recipe, data=data, teacher=teacher, family=family, plan=plan, run=run, console=console,
+                    resume=resume)
 
     with stages.step("prune", "making the student"):
         student = S.make_student(ctx)
@@ -61,8 +63,8 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
         int8 = {name: S.quantize_student(ctx, kd, variant=name) for name in plan.int8_variants()}
         teacher_int8 = S.quantize_teacher(ctx)
     with stages.step("export", f"ONNX (QDQ{', FP16' if plan.wants_fp16 else ''}) + OpenVINO IR, parity-gated"):
-        variants = {"teacher-fp32": S.as_variant(teacher), "teacher-int8-ptq": teacher_int8,
-                    "student-no-kd": no_kd, "student-kd-fp32": kd, **int8}  # one QAT student per INT8 scheme
+        variants = {S.TEACHER_FP32: S.as_variant(teacher), S.TEACHER_INT8: teacher_int8,
+                    S.NO_KD: no_kd, S.KD_FP32: kd, **int8}  # one QAT student per INT8 scheme
         if plan.wants_fp16:
             variants[S.FP16_VARIANT] = kd  # the KD student again, stored in FP16
         artifacts = S.export_variants(ctx, variants)

@@ -178,13 +178,13 @@ def test_fp32_artifact_executes_f32_on_openvino_cpu_wherever_it_is_compiled(mode
     """OpenVINO's CPU plugin runs FP32 models in bf16 by default on AVX512_BF16/AMX hosts: the bench,
     the export gate and predict must all pin f32, and report.json must say so."""
     from edgekd.bench import predict
-    from edgekd.export.gate import ov_compiled
+    from edgekd.runtimes import cpu_session
 
     entry = benchmark(model=models["ir"], target=_target(**OV_CPU), **QUICK, measure_memory=False,
                       profile_layers=False).to_dict()
     assert entry["executed_precision"] == "fp32" and set(entry["precision"]["compute_layers"]) == {"fp32"}
     assert entry["runtime_settings"]["INFERENCE_PRECISION_HINT"] == "f32"
-    assert ov_compiled(models["ir"]).get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+    assert cpu_session(models["ir"]).runtime_settings()["INFERENCE_PRECISION_HINT"] == "f32"  # the gate's session
     # predict hides its compiled model; bf16 is ~1e-3 off ONNX Runtime's FP32 outputs here, f32 ~1e-7.
     x = np.random.default_rng(4).random((8, 1, 8, 8), dtype=np.float32)
     reference = predict(model=models["fp32"], inputs=x)

@@ -8,7 +8,7 @@ import pytest
 from edgekd.bench import SloVerdict, check_slo
 from edgekd.bench.artifact import Artifact, InputSpec
 from edgekd.bench.feeds import build_feeds
-from edgekd.bench.runtimes import SessionConfig, openvino_config
+from edgekd.runtimes import SessionConfig, openvino_config
 from edgekd.bench.stats import latency_stats, time_sync
 from edgekd.errors import BadInput
 from edgekd.targets import Slo

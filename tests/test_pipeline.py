@@ -191,7 +191,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
 
 
 def test_a_teacher_worse_than_the_no_kd_student_is_flagged():
-    from edgekd.steps import _teacher_notes
+    from edgekd.steps.report import _teacher_notes
 
     def metrics(teacher, baseline):
         return {"teacher-fp32": {"name": "accuracy", "value": teacher},
@@ -203,7 +203,7 @@ def test_a_teacher_worse_than_the_no_kd_student_is_flagged():
 
 
 def test_manifest_refs_to_files_are_absolute(tmp_path, monkeypatch):
-    from edgekd.steps import _checkable_ref
+    from edgekd.steps.report import _checkable_ref
 
     monkeypatch.chdir(tmp_path)
     Path("teacher.pt").write_text("x")

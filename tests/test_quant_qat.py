@@ -10,17 +10,10 @@ from torch import nn
 from edgekd.data import load_data
 from edgekd.distill import DistillConfig, distill, evaluate
 from edgekd.errors import BadInput
-from edgekd.quant import (
-    LayerChoice,
-    QuantConfig,
-    QuantReport,
-    choose_layers_for_target,
-    qat,
-    qat_distill_config,
-    quantize,
-)
+from edgekd.quant import LayerChoice, QuantConfig, QuantReport, qat, qat_distill_config
 from edgekd.quant.prepare import quant_layers
 from edgekd.targets import load_target
+from edgekd.tune import choose_layers_for_target, quantize  # edgekd.quantize: the stage with target-aware choices
 
 X86 = load_target("x86-cpu-onnxruntime")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.bench.runtimes import SessionConfig, open_session, openvino_core
+from edgekd.runtimes import SessionConfig, open_session, openvino_core
 
 MIB = float(2**20)
 

@@ -148,7 +148,7 @@ def _load_openvino_ir(path: Path) -> Artifact:
 
 def read_openvino_model(path: Path):
     """`Core.read_model` (reads .xml and .onnx) with its errors turned into BadInput."""
-    from edgekd.bench.runtimes import openvino_core, runtime_error_summary
+    from edgekd.runtimes import openvino_core, runtime_error_summary
 
     try:
         return openvino_core().read_model(str(path))

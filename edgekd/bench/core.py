@@ -20,8 +20,8 @@ from edgekd.bench.artifact import Artifact, load_artifact
 from edgekd.bench.estimate import roofline_estimate
 from edgekd.bench.feeds import Feeds, build_feeds
 from edgekd.bench.memory import MemoryFigures, MemoryProbeFailed, measure_peak_memory
-from edgekd.bench.precision import PrecisionReport, assess_precision
-from edgekd.bench.runtimes import ComputeOp, LayerTime, Session, SessionConfig, open_session
+from edgekd.runtimes import PrecisionReport, assess_precision
+from edgekd.runtimes import ComputeOp, LayerTime, Session, SessionConfig, open_session
 from edgekd.bench.slo import SloVerdict, check_slo
 from edgekd.bench.stats import Timing, latency_stats, time_sync
 from edgekd.errors import BadInput

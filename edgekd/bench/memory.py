@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgekd.bench.runtimes import SessionConfig
+from edgekd.runtimes import SessionConfig
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding `edgekd/`
 

@@ -11,8 +11,8 @@ from typing import Union
 
 import numpy as np
 
-from edgekd.bench.runtimes import openvino_config, openvino_core, runtime_error_summary
 from edgekd.errors import BadInput
+from edgekd.runtimes import cpu_session
 
 Inputs = Union[np.ndarray, dict[str, np.ndarray]]
 
@@ -33,24 +33,12 @@ def predict(*, model: Union[str, Path], inputs: Inputs, batch_size: int = 256) -
     path = Path(model)
     if not path.is_file():
         raise BadInput(f"{path}: no such model file")
+    session = cpu_session(path)
     try:
-        if path.suffix == ".xml":
-            compiled = openvino_core().compile_model(str(path), "CPU", openvino_config("CPU"))
-            names = [port.get_any_name() for port in compiled.inputs]
-            fixed = compiled.inputs[0].get_partial_shape()[0]
-            batch = fixed.get_length() if fixed.is_static else batch_size
-            run = (lambda feeds: compiled(feeds)[compiled.outputs[0]])
-        else:
-            import onnxruntime as ort
-
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            names = [i.name for i in session.get_inputs()]
-            first = session.get_inputs()[0].shape[0]
-            batch = first if isinstance(first, int) else batch_size
-            run = (lambda feeds: session.run(None, feeds)[0])
-    except Exception as err:  # the runtimes raise their own exception classes
-        raise BadInput(f"{path}: cannot load the model: {runtime_error_summary(err)}") from None
-    feeds = _named(inputs, names)
-    total = len(next(iter(feeds.values())))
-    outputs = [np.asarray(run({n: a[i:i + batch] for n, a in feeds.items()})) for i in range(0, total, batch)]
+        batch = session.fixed_batch() or batch_size
+        feeds = _named(inputs, session.input_names())
+        total = len(next(iter(feeds.values())))
+        outputs = [session.run({n: a[i:i + batch] for n, a in feeds.items()})[0] for i in range(0, total, batch)]
+    finally:
+        session.close()
     return np.concatenate(outputs)

@@ -6,7 +6,6 @@ turns an impossible value into a `BadInput` that names the key, before any train
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 from torch import nn
 
 from edgekd.data import SEED_LIMIT
-from edgekd.errors import BadInput
+from edgekd.distill.losses import LOSSES
+from edgekd.errors import BadInput, close_matches
 
 MODES = ("offline", "self", "online", "multistage")
 
@@ -99,16 +99,6 @@ class DistillResult:
     stages: list["DistillResult"] = field(default_factory=list)  # earlier stages (assistant, generations)
 
 
-def close_matches(name: str, candidates, limit: int = 12) -> str:
-    """'close matches: a, b' for an error message, or what exists (a sample only of long lists)."""
-    candidates = list(candidates)
-    near = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.5)
-    if near:
-        return "close matches: " + ", ".join(near)
-    sample = ", ".join(candidates[:limit]) + (", ..." if len(candidates) > limit else "")
-    return f"available: {sample or 'none'}"
-
-
 def validate_config(config: DistillConfig, loss_names, *, source: str = "distill config") -> None:
     """Reject impossible values up front, naming the key."""
 
@@ -167,7 +157,6 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
 def config_from_mapping(mapping, *, source: str = "recipe") -> DistillConfig:
     """A `DistillConfig` from plain data (e.g. a YAML recipe's distill section); unknown keys and
     bad values are BadInput naming `source` and the key. Callables (collate) cannot come from data."""
-    from edgekd.distill.losses import LOSSES  # the registry imports this module
 
     if not isinstance(mapping, dict):
         raise BadInput(f"{source}: the distill settings must be a mapping, got {type(mapping).__name__}")

@@ -12,8 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from edgekd.distill.config import close_matches
-from edgekd.errors import BadInput
+from edgekd.errors import BadInput, close_matches
 
 SELECTOR = "#"
 

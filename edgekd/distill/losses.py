@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distill.config import close_matches
-from edgekd.errors import BadInput
+from edgekd.errors import BadInput, close_matches
 
 LOSSES: dict[str, type["DistillLoss"]] = {}
 

@@ -6,15 +6,15 @@ and returns a dict of floats holding at least its `primary` key (None when it ca
 e.g. no labels) and, when a teacher is given, `teacher_agreement`. Early stopping watches
 `primary` unless the recipe names another key.
 
-Registering for an existing task replaces its metric. A text-encoder stage adds Spearman-based
-metrics like this::
+Both built-in tasks are registered here, where the table lives, so what distillation early-stops
+on never depends on which other module was imported. A new task registers its metric like this::
 
     from edgekd.distill import register_metric
 
-    @register_metric("embedding", primary="spearman")
-    def embedding_spearman(outputs, y, teacher_outputs):
+    @register_metric("ranking", primary="ndcg")
+    def ranking_ndcg(outputs, y, teacher_outputs):
         ...
-        return {"spearman": rho, "teacher_agreement": rho}
+        return {"ndcg": value, "teacher_agreement": agreement}
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distill.config import close_matches
+from edgekd.distill.embedding import embedding_task_metric
+from edgekd.errors import close_matches
 from edgekd.distill.inference import Collate, predict
 from edgekd.errors import BadInput
 
@@ -73,20 +73,7 @@ def classification_accuracy(outputs, y, teacher_outputs) -> dict:
     return result
 
 
-@register_metric("embedding", primary="cosine_to_teacher")
-def embedding_similarity(outputs, y, teacher_outputs) -> dict:
-    """cosine_to_teacher: mean cosine between student and teacher embeddings (None if their widths
-    differ); teacher_agreement: Pearson correlation of the two models' pairwise cosine similarities
-    over the first 1024 samples, which compares similarity structure at any width."""
-    if teacher_outputs is None:
-        raise BadInput("task 'embedding': the default metric compares with the teacher's embeddings; pass a teacher")
-    s, t = outputs.float(), teacher_outputs.float()
-    cosine = float(F.cosine_similarity(s, t, dim=-1).mean()) if s.shape == t.shape else None
-    pairs = lambda e: (lambda n: n @ n.T)(F.normalize(e[:1024], dim=-1))  # noqa: E731
-    sim_s, sim_t = pairs(s), pairs(t)
-    off_diagonal = ~torch.eye(len(sim_s), dtype=torch.bool)
-    agreement = torch.corrcoef(torch.stack([sim_s[off_diagonal], sim_t[off_diagonal]]))[0, 1] if len(s) > 2 else None
-    return {"cosine_to_teacher": cosine, "teacher_agreement": None if agreement is None else float(agreement)}
+register_metric("embedding", primary="spearman")(embedding_task_metric)
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray | None = None, *, teacher: nn.Module | None = None,

@@ -27,18 +27,12 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from edgekd.errors import NOT_INPUT_ERRORS, BadInput, GateFailed
-from edgekd.export.gate import (
-    compare,
-    ort_int8_kernels,
-    ov_compiled,
-    ov_int8_kernels,
-    parity_failures,
-    quantized_compute_nodes,
-)
+from edgekd.export.gate import compare, parity_failures, quantized_compute_nodes
 from edgekd.export.passes import clean_qdq_graph
 from edgekd.export.sanity import task_check
 from edgekd.io import write_json
 from edgekd.quant import onnx_translation_table
+from edgekd.runtimes import cpu_session, int8_counts
 
 FORMATS = ("onnx", "openvino")
 TASKS = ("classification", "embedding")
@@ -390,32 +384,27 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
         result.problems.append(f"{runtime}: {step} failed: {type(err).__name__}: "
                                f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
 
-    try:
-        kernels, session = ort_int8_kernels(onnx_path)
-    except Exception as err:  # runtimes raise their own types; an artifact that cannot load is rejected
-        failed("onnx", "loading the model", err)
-    else:
-        check_parity("onnx", lambda part: session.run(None, dict(zip(input_names, part))))
-        result.int8_kernels["onnx"] = {"kernels": kernels, "expected": expected}
-        del session
+    def gate_runtime(runtime: str, path: Path) -> None:
+        try:
+            session = cpu_session(path, instrumented=True)
+        except BadInput as err:  # the runtime rejects the artifact: rejected, with its reason
+            failed(runtime, "loading the model", err)
+            return
+        try:
+            check_parity(runtime, lambda part: session.run(dict(zip(input_names, part))))
+            int8, total = int8_counts(session.compute_ops())
+        finally:
+            session.close()
+        result.int8_kernels[runtime] = {"kernels": int8, "compute_layers": total, "expected": expected}
 
     ov_dir = work / "openvino"
-    if "openvino" in formats:
-        import openvino as ov
-
-        ov_dir.mkdir()
+    for backend in (b for b in FORMATS if b in formats):  # each format converted (ONNX is already written), then gated
         try:
-            with _quiet():
-                ov.save_model(ov.convert_model(str(onnx_path)), str(ov_dir / f"{name}.xml"),
-                              compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
-            compiled = ov_compiled(ov_dir / f"{name}.xml")
-        except Exception as err:  # OpenVINO raises its own types (e.g. on NaN scales)
-            failed("openvino", "converting and compiling the model", err)
+            artifact = _BACKENDS[backend](onnx_path, ov_dir, name=name, precision=precision)
+        except Exception as err:  # converters raise their own types (OpenVINO on NaN scales, say)
+            failed(backend, "converting the model", err)
         else:
-            check_parity("openvino", lambda part: list(compiled(list(part)).values()))
-            int8, total = ov_int8_kernels(compiled)
-            result.int8_kernels["openvino"] = {"kernels": int8, "compute_layers": total, "expected": expected}
-            del compiled
+            gate_runtime(backend, artifact)
 
     for runtime, counts in result.int8_kernels.items():
         ran = sum(counts["kernels"].values())
@@ -451,6 +440,25 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
              openvino=(ov_dir / f"{name}.xml").is_file())  # ungated (gate=False), a failed conversion has none
     result.report = write_json(out_dir / f"{name}.export.json", evidence)
     return result
+
+
+def _as_onnx(onnx_path: Path, ov_dir: Path, *, name: str, precision: str) -> Path:
+    return onnx_path  # the graph every other format is converted from
+
+
+def _as_openvino(onnx_path: Path, ov_dir: Path, *, name: str, precision: str) -> Path:
+    import openvino as ov
+
+    ov_dir.mkdir(exist_ok=True)
+    xml = ov_dir / f"{name}.xml"
+    with _quiet():
+        ov.save_model(ov.convert_model(str(onnx_path)), str(xml),
+                      compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
+    return xml
+
+
+# Export formats, each a backend of the same loop: convert from the ONNX graph, then gate on its runtime.
+_BACKENDS = {"onnx": _as_onnx, "openvino": _as_openvino}
 
 
 def _publish(work: Path, out_dir: Path, *, name: str, keep_onnx: bool, openvino: bool, result: ExportResult) -> None:

@@ -1,34 +1,26 @@
 """The export gate's evidence: do the runtimes agree with PyTorch, and do they really run INT8?
 
-"Really INT8" is read from what each runtime compiled, not from the file: ONNX Runtime's
-optimized graph (SessionOptions.optimized_model_filepath) must hold integer kernels (QLinearConv,
-QGemm, MatMulIntegerToFloat, ...) for the quantized layers, and OpenVINO's runtime model
-(compiled_model.get_runtime_model()) must report u8/i8 'runtimePrecision' on those layers,
-because OpenVINO silently dequantizes and runs FP32 when it does not like a QDQ pattern.
+"Really INT8" is read from what each runtime compiled, not from the file, through the runtime
+layer (edgekd.runtimes, the same compute-op table the benchmark's precision verdict reads): ONNX
+Runtime's optimized graph must hold integer kernels (QLinearConv, QGemm, MatMulIntegerToFloat,
+...) for the quantized layers, and OpenVINO's runtime model must report u8/i8 'runtimePrecision'
+on those layers, because OpenVINO silently dequantizes and runs FP32 when it does not like a QDQ
+pattern.
 
 The gate fails a quantized model on a runtime that runs none of its quantized layers on integer
 kernels (an "INT8" artifact that is FP32 plus overhead there). Partial coverage (measured: OpenVINO
 runs q @ k^T attention matmuls in f32 while running the projections in u8) is reported as a
-warning with the counts: parity still holds, and edgekd.quant.choose_layers_for_target is what
+warning with the counts: parity still holds, and edgekd.tune.choose_layers_for_target is what
 keeps such layers float when they cost time.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import onnx
 
-from edgekd.bench.runtimes import openvino_config
-
-# ONNX Runtime kernels that compute a conv/matmul on integers.
-ORT_INT8_COMPUTE = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
-                    "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv"}
-OV_COMPUTE = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution", "GroupDeconvolution"}
+# ONNX compute nodes that, fed by DequantizeLinear, the runtimes are expected to run on integers.
 ONNX_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
-INT8_PRECISIONS = {"u8", "i8"}
 
 TOP1_MIN = 0.99
 COSINE_MIN = 0.999
@@ -47,54 +39,6 @@ def quantized_compute_nodes(model: onnx.ModelProto) -> int:
 
     return sum(1 for node in model.graph.node
                if node.op_type in ONNX_COMPUTE and all(from_dequantize(i) for i in node.input[:2]))
-
-
-def ort_session(path: Path, *, optimized_path: Path | None = None, threads: int | None = None,
-                provider: str = "CPUExecutionProvider"):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=[provider])
-
-
-def ort_int8_kernels(path: Path) -> tuple[dict[str, int], object]:
-    """(integer kernel counts in ONNX Runtime's optimized graph, the session)."""
-    with tempfile.TemporaryDirectory(prefix="edgekd-ort-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        session = ort_session(path, optimized_path=optimized)
-        graph = onnx.load(str(optimized), load_external_data=False).graph
-    counts: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type in ORT_INT8_COMPUTE:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts, session
-
-
-def ov_compiled(xml: Path, *, device: str = "CPU", threads: int | None = None):
-    import openvino as ov
-
-    core = ov.Core()
-    return core.compile_model(core.read_model(str(xml)), device, openvino_config(device, threads=threads))
-
-
-def ov_int8_kernels(compiled) -> tuple[dict[str, int], dict[str, int]]:
-    """(u8/i8 compute layers by type, all compute layers by type) in OpenVINO's runtime model."""
-    int8: dict[str, int] = {}
-    total: dict[str, int] = {}
-    for node in compiled.get_runtime_model().get_ordered_ops():
-        info = node.get_rt_info()
-        kind = info["layerType"].astype(str)
-        if kind not in OV_COMPUTE:
-            continue
-        total[kind] = total.get(kind, 0) + 1
-        if info["runtimePrecision"].astype(str) in INT8_PRECISIONS:
-            int8[kind] = int8.get(kind, 0) + 1
-    return int8, total
 
 
 def compare(reference: list[np.ndarray], actual: list[np.ndarray], *, task: str) -> dict:

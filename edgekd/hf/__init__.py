@@ -1,8 +1,6 @@
 """Hugging Face text encoders: teachers from local model directories, `layers:N` / `prune:R` students,
-tokenization for training, KD recipes, the embedding-agreement metric and the Optimum layout.
-
-Importing this package registers `embedding_agreement` (Spearman of pair similarities, primary;
-recall@10) as the 'embedding' task's metric in edgekd.distill.
+tokenization for training, KD recipes and the Optimum layout. (The embedding-agreement metric these
+students are judged by is the 'embedding' task's own, in edgekd.distill.embedding; it is re-exported here.)
 
     from edgekd.hf import load_sentence_encoder, load_tokenizer, make_student, encoder_kd_config
     teacher = load_sentence_encoder(path=model_dir)
@@ -10,12 +8,12 @@ recall@10) as the 'embedding' task's metric in edgekd.distill.
     config = encoder_kd_config(student=student, teacher=teacher, tokenizer=load_tokenizer(path=model_dir))
 """
 
+from edgekd.distill.embedding import embedding_agreement, embedding_task_metric
 from edgekd.hf.deploy import (OUTPUT_NAMES, FeatureExtraction, export_encoder, export_inputs,
                               write_optimum_layout)
 from edgekd.hf.encoder import (Pooling, SentenceEncoder, is_hf_model_dir, load_model_dir, load_sentence_encoder,
                                model_ref, pooling_config, read_layout, sentence_encoder)
 from edgekd.hf.kd import block_pairs, disable_dropout, encoder_kd_config, encoder_kd_terms, mix_text
-from edgekd.hf.metrics import embedding_agreement, embedding_task_metric
 from edgekd.hf.students import layer_map, layer_names, layer_student, make_student
 from edgekd.hf.text import (DEFAULT_MAX_LENGTH, DYNAMIC_DIMS, INPUT_NAMES, TextCollate, encode_batch,
                             load_tokenizer, tokenize_texts)

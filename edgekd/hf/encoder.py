@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.checkpoint import LoadedModel, register_directory_loader
+from edgekd.checkpoint import LoadedModel
 from edgekd.errors import BadInput
 from edgekd.hf_files import SAFE_LOAD, SAFE_WEIGHTS, require_safetensors
 from edgekd.models import ModelRef
@@ -265,7 +265,6 @@ def model_ref(encoder: SentenceEncoder) -> ModelRef:
     return ModelRef("edgekd.hf:sentence_encoder", {"path": encoder.source_dir})
 
 
-@register_directory_loader
 def load_model_dir(path: Path) -> LoadedModel | None:
     """`edgekd.checkpoint.load_model(dir)` for HF / sentence-transformers directories (None for others),
     so `edgekd compress --teacher DIR` works; the ref rebuilds the teacher when a student reloads."""

@@ -14,6 +14,10 @@ What edgekd adds on top:
   plus `num_attention_heads`), the module's head count and `all_head_size` updated, the config
   updated so `save_pretrained` -> `load_pretrained` reloads it (Transformers 5 dropped
   `prune_heads`), FFN neurons pruned alongside, and `drop_layers` for depth.
+- PyTorch's own `nn.MultiheadAttention` (inside `nn.TransformerEncoderLayer` / `DecoderLayer` or
+  used directly) first rebuilt from Linear projections (edgekd.nn_swap, same outputs, checked on
+  the example inputs), so its heads, the FFN and the embedding width prune like a BERT's; the
+  "prune" transform records the swap and replays it.
 - Safe defaults found from the graph, not from names: layers whose outputs are the model's outputs
   (classifier, pooler, the residual stream of a transformer) are never narrowed; the stem is kept
   unless `keep_first_last=False`.
@@ -34,10 +38,11 @@ from edgekd.prune.loss import calibration_loss
 from edgekd.prune.measure import count_params_macs
 from edgekd.prune.portable import load_program, save_program
 from edgekd.prune.pretrained import load_pretrained
+from edgekd.prune.recovery import prune_with_recovery
 from edgekd.prune.reshape import reshape_to_state_dict
 
-__all__ = ["prune", "PruneResult", "count_params_macs", "drop_layers", "calibration_loss", "save_program",
-           "load_program", "load_pretrained", "reshape_to_state_dict"]
+__all__ = ["prune", "prune_with_recovery", "PruneResult", "count_params_macs", "drop_layers", "calibration_loss",
+           "save_program", "load_program", "load_pretrained", "reshape_to_state_dict"]
 
 from edgekd._callable import make_package_callable  # noqa: E402  (after the API it exposes)
 

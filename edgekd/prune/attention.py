@@ -6,6 +6,11 @@ with `num_attention_heads`, `attention_head_size` and `all_head_size` attributes
 head removes the same `head_size` rows from all three projections and the matching input
 columns of the output projection (the dependency graph links those), and the attributes must
 follow, or the reshape splits the remaining rows into the wrong heads.
+
+PyTorch's own `nn.MultiheadAttention` is rebuilt as `edgekd.nn_swap.LinearMultiheadAttention`
+before pruning (its packed projection is one opaque layer to the dependency graph); that module
+keeps `q_proj`, `k_proj`, `v_proj` and `out_proj` with `num_heads` heads of `head_dim`, and is
+handled here the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from edgekd.nn_swap import LinearMultiheadAttention
+
 _PROJECTIONS = ("query", "key", "value")
+_SWAPPED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 
 @dataclass
@@ -27,11 +35,12 @@ class AttentionHeads:
 
     @property
     def projections(self) -> list[nn.Linear]:
-        return [getattr(self.module, p) for p in _PROJECTIONS]
+        names = _SWAPPED_PROJECTIONS if isinstance(self.module, LinearMultiheadAttention) else _PROJECTIONS
+        return [getattr(self.module, p) for p in names]
 
     @property
     def num_heads(self) -> int:
-        return self.module.query.out_features // self.head_size
+        return self.projections[0].out_features // self.head_size
 
     def sync(self) -> None:
         """Make the module's head bookkeeping match its (pruned) projection widths."""
@@ -39,18 +48,27 @@ class AttentionHeads:
 
 
 def is_attention(module: nn.Module) -> bool:
+    if isinstance(module, LinearMultiheadAttention):
+        return True
     return (all(isinstance(getattr(module, p, None), nn.Linear) for p in _PROJECTIONS)
             and isinstance(getattr(module, "num_attention_heads", None), int)
             and isinstance(getattr(module, "attention_head_size", None), int))
 
 
 def find_attention(model: nn.Module) -> list[AttentionHeads]:
-    """Every BERT-style self-attention module in `model`, in module order."""
-    return [AttentionHeads(name, module, module.attention_head_size)
+    """Every BERT-style self-attention (and LinearMultiheadAttention) module in `model`, in module order."""
+    return [AttentionHeads(name, module, _head_size(module))
             for name, module in model.named_modules() if is_attention(module)]
 
 
+def _head_size(module: nn.Module) -> int:
+    return module.head_dim if isinstance(module, LinearMultiheadAttention) else module.attention_head_size
+
+
 def set_heads(module: nn.Module, num_heads: int) -> None:
-    """Set a BERT-style attention module's head count, keeping its head size."""
+    """Set an attention module's head count, keeping its head size."""
+    if isinstance(module, LinearMultiheadAttention):
+        module.num_heads = num_heads
+        return
     module.num_attention_heads = num_heads
     module.all_head_size = num_heads * module.attention_head_size

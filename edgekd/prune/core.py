@@ -14,6 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgekd.errors import NOT_INPUT_ERRORS, BadInput
+from edgekd.nn_swap import swap_attention
 from edgekd.prune.attention import find_attention
 from edgekd.prune.measure import Inputs, call_model, latency_p50_ms, module_macs
 from edgekd.prune.planner import ROOT_TYPES, Planner
@@ -70,6 +71,8 @@ class PruneReport:
     params_ratio: float
     macs_ratio: float
     groups: list[GroupReport] = field(default_factory=list)
+    # nn.MultiheadAttention rebuilt from Linear layers ("swapped"), and why any was not ("refused": {name: why})
+    attention_swap: dict = field(default_factory=dict)
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -123,6 +126,18 @@ def _run_located(model: nn.Module, inputs: Inputs, failure: str):
 
 def _shapes(output) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in _tensors(output)]
+
+
+def _check_swap(model: nn.Module, inputs: Inputs, expected) -> None:
+    """The model with Linear-based attention computes what it computed with nn.MultiheadAttention."""
+    failure = (f"{type(model).__name__} no longer runs after replacing nn.MultiheadAttention by Linear layers "
+               "(does its code read the attention's packed in_proj_weight?)")
+    for got, want in zip(_tensors(_run_located(model, inputs, failure)), _tensors(expected)):
+        tolerance = 1e-5 * (1 + float(want.abs().max()))
+        if got.is_floating_point() and not torch.allclose(got, want, rtol=1e-4, atol=tolerance):
+            raise BadInput(f"replacing nn.MultiheadAttention by Linear layers changed {type(model).__name__}'s outputs "
+                           f"(max difference {float((got - want).abs().max()):.3g}); does its code read the "
+                           "attention's weights directly?")
 
 
 def _resolve_ignored(model: nn.Module, ignore_layers: Sequence[str]) -> list[nn.Module]:
@@ -276,8 +291,13 @@ def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_mul
     """
     _check_args(ratio, channel_multiple, importance, steps, loss_fn, recovery)
     work = copy.deepcopy(model).eval()
-    reference = _shapes(_run_located(work, example_inputs, f"{type(model).__name__} does not run on example_inputs"))
-    before, macs_before = _cost(work, example_inputs)
+    outputs = _run_located(work, example_inputs, f"{type(model).__name__} does not run on example_inputs")
+    reference = _shapes(outputs)
+    before, macs_before = _cost(work, example_inputs)  # the model as it runs, fused attention included
+    swap = swap_attention(work)  # q/k/v/out as Linear layers the dependency graph can split into heads
+    if swap.swapped:
+        _check_swap(work, example_inputs, outputs)
+        macs_before = module_macs(work, example_inputs)[1]  # per layer, under the swapped layers' names
     graph = _trace(work, example_inputs)
     first, last = _boundary_layers(work, graph)
     protected = set(_resolve_ignored(work, ignore_layers)) | last | (first if keep_first_last else set())
@@ -316,7 +336,8 @@ def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_mul
         protected=sorted(names[m] for m in protected if m in names and isinstance(m, _LAYER_TYPES)),
         before=before, after=after, params_ratio=after.params / before.params,
         macs_ratio=after.macs / before.macs if before.macs else 1.0,
-        groups=_group_reports(planner, graph, own_params_before, macs_before, macs_after))
+        groups=_group_reports(planner, graph, own_params_before, macs_before, macs_after),
+        attention_swap={"swapped": swap.swapped, "refused": swap.refused} if swap.swapped or swap.refused else {})
     return PruneResult(model=work.eval(), report=asdict(report), transform={"name": "prune", "config": shape_config(work)})
 
 

@@ -35,8 +35,18 @@ def call_model(model: nn.Module, inputs: Inputs):
 
 def module_macs(model: nn.Module, inputs: Inputs) -> tuple[int, dict[str, int]]:
     """(total MACs, MACs per module name) of one forward pass on `inputs`."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
-        call_model(model, inputs)
+    # The counter's module tracker hooks the autograd graph of every tensor a module receives that
+    # requires grad, and fails on a view of a parameter made under no_grad (`self.query.expand(b, -1, -1)`
+    # fed to an attention pooling layer): while counting, no parameter requires grad.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for param in trainable:
+            param.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+            call_model(model, inputs)
+    finally:
+        for param in trainable:
+            param.requires_grad_(True)
     root = type(model).__name__
     per_module = {}
     for name, ops in counter.get_flop_counts().items():

@@ -5,7 +5,8 @@ original from the factory, drop the layers the prune dropped, give every paramet
 the shape it has in the saved state dict, and fix the attributes that the shapes do not carry
 (a convolution's `groups`, an attention module's head count). The transform config records
 exactly those: `{"kept_layers": {stack: [indices]}, "conv_groups": {name: groups},
-"attention_heads": {name: heads}}`; everything else comes from the weights.
+"attention_heads": {name: heads}, "attention_swap": [names]}` (the last: nn.MultiheadAttention
+modules rebuilt from Linear layers first, edgekd.nn_swap); everything else comes from the weights.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.checkpoint import register_transform
 from edgekd.errors import BadInput
+from edgekd.nn_swap import swap_attention, swapped_attention
 from edgekd.prune.attention import find_attention, set_heads
 from edgekd.prune.stack import keep_layers
 
@@ -30,6 +31,8 @@ def shape_config(model: nn.Module, kept_layers: dict | None = None) -> dict:
         "shapes": {key: list(value.shape) for key, value in model.state_dict().items()},
         "conv_groups": {name: m.groups for name, m in model.named_modules() if isinstance(m, _CONV) and m.groups != 1},
         "attention_heads": {a.name: a.num_heads for a in find_attention(model)},
+        # nn.MultiheadAttention modules rebuilt from Linear layers before pruning (edgekd.nn_swap)
+        "attention_swap": swapped_attention(model),
     }
 
 
@@ -70,11 +73,11 @@ def _sync_shape_attributes(name: str, module: nn.Module, conv_groups: dict) -> N
         module.num_embeddings, module.embedding_dim = module.weight.shape
 
 
-@register_transform("prune")
 def reshape_to_state_dict(model: nn.Module, config: dict, state_dict: dict) -> nn.Module:
     """Replay a prune on a freshly built `model` so that `state_dict` loads into it."""
     for path, keep in config.get("kept_layers", {}).items():
         keep_layers(model, path, keep)
+    swap_attention(model, names=config.get("attention_swap", ()))
     conv_groups = config.get("conv_groups", {})
     shapes = config.get("shapes") or {key: value.shape for key, value in state_dict.items()}
     for name, module in model.named_modules():

@@ -2,32 +2,27 @@
 
 The scheme (dtype, symmetry, per-channel) comes from a target profile's `quantization` block
 (edgekd.targets.QuantScheme), so each runtime gets the integer layout its kernels want.
-Importing this package registers the "fake-quant" checkpoint transform.
+Its checkpoint transform ("fake-quant", `replay_transform`) is registered by edgekd.registry.
 """
 
-from edgekd.checkpoint import register_transform
-from edgekd.quant.latency import LayerChoice, choose_layers_for_target
+from edgekd.quant.choice import LayerChoice
 from edgekd.quant.modules import FakeQuantizer, MatMul, QuantConv1d, QuantConv2d, QuantLinear, QuantMatMul
 from edgekd.quant.ops import onnx_translation_table
 from edgekd.quant.pipeline import QuantConfig, QuantizeResult, quantize
 from edgekd.quant.prepare import (
-    TRANSFORM_NAME,
     calibrate,
     checkpoint_transform,
     freeze,
     prepare,
     quantize_ptq,
-    replay_transform,
 )
 from edgekd.quant.qat import QATSchedule, qat, qat_distill_config
 from edgekd.quant.qparams import weight_bits_for_host, weight_bits_for_target
 from edgekd.quant.report import QuantReport
 
-register_transform(TRANSFORM_NAME)(replay_transform)
-
 __all__ = [
     "prepare", "calibrate", "quantize_ptq", "qat", "quantize", "QuantConfig", "QuantizeResult", "QuantReport",
-    "choose_layers_for_target", "LayerChoice", "freeze", "checkpoint_transform", "qat_distill_config", "QATSchedule",
+    "LayerChoice", "freeze", "checkpoint_transform", "qat_distill_config", "QATSchedule",
     "FakeQuantizer", "MatMul", "QuantMatMul", "QuantConv1d", "QuantConv2d", "QuantLinear",
     "onnx_translation_table", "weight_bits_for_host", "weight_bits_for_target",
 ]

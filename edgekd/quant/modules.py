@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.nn_swap import MatMul  # the placeholder lives with the attention built from it (re-exported here)
 from edgekd.quant.observers import BATCH_SAMPLE_SIZE, RangeObserver
 from edgekd.quant.ops import fake_quantize, quantize_bias
 from edgekd.quant.qparams import MIN_SCALE, Grid, qparams_from_range
@@ -307,14 +308,6 @@ def quant_linear_from(linear: nn.Linear, *, input_quantizer, weight_quantizer) -
     new.weight_quantizer = weight_quantizer
     new.output_quantizer = None
     return new.train(linear.training)
-
-
-class MatMul(nn.Module):
-    """`torch.matmul` as a module: put it where attention multiplies activations (Q @ K^T,
-    P @ V) so `prepare` can quantize both operands; in float it is plain matmul."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(a, b)
 
 
 class QuantMatMul(MatMul):

@@ -9,7 +9,7 @@ from typing import Literal
 from torch import nn
 
 from edgekd.errors import BadInput
-from edgekd.quant.latency import LayerChoice, choose_layers_for_target
+from edgekd.quant.choice import LayerChoice
 from edgekd.quant.observers import check_observer
 from edgekd.quant.prepare import plan_of, quantize_ptq
 from edgekd.quant.qat import DEFAULT_CALIBRATION_SAMPLES, calibration_batches, qat, qat_distill_config
@@ -33,7 +33,7 @@ class QuantConfig:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     warmup_epochs: int = 1
     distill: object | None = None  # edgekd.distill.DistillConfig for QAT; None: qat_distill_config()
-    latency_aware: bool = True  # with a target and example inputs: keep float what INT8 slows down
+    latency_aware: bool = True  # edgekd.quantize with a target: keep float what INT8 slows down there
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> "QuantConfig":
@@ -63,23 +63,18 @@ class QuantizeResult:
 
 
 def quantize(*, model: nn.Module, data, config: QuantConfig | None = None, teacher: nn.Module | None = None,
-             target: Target | None = None, example_inputs=None, layer_choice: LayerChoice | None = None,
-             out_dir=None, resume: bool = False, progress: bool = True) -> QuantizeResult:
+             layer_choice: LayerChoice | None = None, out_dir=None, resume: bool = False,
+             progress: bool = True) -> QuantizeResult:
     """PTQ (calibration only) or QAT+KD of `model` on `data` (an edgekd Dataset).
 
-    With `target` (and `example_inputs`, one input batch) and `config.latency_aware`, layers
-    that INT8 makes slower on the target's runtime stay float (choose_layers_for_target); pass
-    `layer_choice` to reuse one already measured (e.g. for PTQ and QAT of the same model).
+    `layer_choice` (measured on a target by edgekd.tune.choose_layers_for_target; `edgekd.quantize`
+    measures it for you) keeps float the layers INT8 makes slower there.
     """
-    config = (config or (QuantConfig.for_target(target) if target is not None else QuantConfig())).validated()
+    config = (config or QuantConfig()).validated()
     if not hasattr(data, "x_train"):
         raise BadInput(f"data must be an edgekd Dataset (edgekd.data.load_data), got {type(data).__name__}")
     choice = layer_choice
     skip = config.skip
-    if choice is None and target is not None and config.latency_aware:
-        if example_inputs is None:
-            raise BadInput("latency-aware quantization needs example_inputs (one input batch) to time the layers")
-        choice = choose_layers_for_target(model=model, target=target, example_inputs=example_inputs, skip=skip)
     if choice is not None:
         skip = tuple(skip) + tuple(n for n in choice.float_layers if n not in skip)
     history: list[dict] = []

@@ -12,6 +12,10 @@ how a naively quantized ViT ends up 2.2x slower). So, from a torch.fx trace:
   input quantizer is its output Q, and the runtime drops the ReLU in between as a no-op);
 - Linear and MatMul outputs stay float (QGemm / MatMulIntegerToFloat produce float directly).
 
+PyTorch's transformer modules (nn.TransformerEncoder/DecoderLayer, ...) are traced into along
+their Python path, so the Linear and MatMul layers inside them are seen (`prepare` first rebuilds
+their nn.MultiheadAttention from Linear + MatMul modules: edgekd.nn_swap).
+
 Models torch.fx cannot trace (data-dependent control flow, e.g. most Hugging Face models) fall
 back to module order: BN folded only where it follows its conv inside an nn.Sequential, no output
 quantizers; the plan says so. The plan is stored in checkpoints, so a reload rebuilds exactly
@@ -20,6 +24,7 @@ the same modules without tracing again.
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
@@ -90,9 +95,60 @@ def check_skip(model: nn.Module, skip: Iterable[str]) -> tuple[str, ...]:
     return skip
 
 
+def _encoder_layer_flow(layer, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    """nn.TransformerEncoderLayer's Python path (its forward first branches on shapes and fast-path checks)."""
+    x = src
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        return x + layer._ff_block(layer.norm2(x))
+    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+    return layer.norm2(x + layer._ff_block(x))
+
+
+def _encoder_flow(encoder, src, mask=None, src_key_padding_mask=None, is_causal=None):
+    """nn.TransformerEncoder without its nested-tensor and causal-mask detection (shape checks)."""
+    for layer in encoder.layers:
+        src = layer(src, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+    return encoder.norm(src) if encoder.norm is not None else src
+
+
+def _decoder_flow(decoder, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                  memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
+    for layer in decoder.layers:
+        tgt = layer(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                    memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=bool(tgt_is_causal),
+                    memory_is_causal=memory_is_causal)
+    return decoder.norm(tgt) if decoder.norm is not None else tgt
+
+
+def _transformer_flow(model, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                      tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                      memory_is_causal=False):
+    memory = model.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+    return model.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                         tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                         tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+
+# torch.fx keeps every torch.nn module a leaf, so the layers inside PyTorch's transformer modules
+# were never seen; the plan traces into them, along their Python path (same modules, same tensors:
+# the plan only needs who reads what). None: the module's own forward traces as it is.
+_TRACE_INTO = {nn.TransformerEncoderLayer: _encoder_layer_flow, nn.TransformerEncoder: _encoder_flow,
+               nn.TransformerDecoderLayer: None, nn.TransformerDecoder: _decoder_flow,
+               nn.Transformer: _transformer_flow}
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if type(m) in _TRACE_INTO:
+            return False
         return isinstance(m, MatMul) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        flow = _TRACE_INTO.get(type(m))
+        if flow is not None:
+            forward = functools.partial(flow, m)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def _activation(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> str | None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from edgekd.errors import BadInput
+from edgekd.nn_swap import swap_attention, swapped_attention
 from edgekd.quant.modules import (
     QUANT_LAYER_TYPES,
     FakeQuantizer,
@@ -47,6 +48,9 @@ def prepare(*, model: nn.Module, scheme: QuantScheme, skip: Iterable[str] = (), 
             observer: str = "minmax", lsq: bool = False, weight_bits: int | None = None) -> nn.Module:
     """A fake-quant copy of `model` following `scheme`; quantizers stay off until `calibrate`.
 
+    Every `nn.MultiheadAttention` that can be is first rebuilt from Linear projections and MatMul
+    modules (edgekd.nn_swap; same weights and outputs), so its projections and both attention matmuls
+    quantize; the plan records which (`attention_swap`) for the checkpoint replay.
     `skip` names layers (or parent modules) to keep in float. `weight_bits=None` picks 8, or 7 on
     x86 hosts whose u8 x s8 kernels saturate (see edgekd.quant.qparams). Layers the quantizer
     cannot handle stay float and are listed by `QuantReport.of(model)`.
@@ -62,21 +66,27 @@ def prepare(*, model: nn.Module, scheme: QuantScheme, skip: Iterable[str] = (), 
     else:
         bits_reason = "requested"
     grid(dtype=scheme.weights.dtype, symmetric=scheme.weights.symmetric, bits=weight_bits)  # validates bits
-    skip = check_skip(model, skip)
     quantized = copy.deepcopy(model)
+    swap = swap_attention(quantized)  # nn.MultiheadAttention -> Linear projections + MatMul modules
+    skip = check_skip(quantized, skip)
     plan = make_plan(quantized, skip=skip, fold_bn=fold_bn)
+    for entry in plan["float"]:
+        if entry["name"] in swap.refused:
+            why = swap.refused[entry["name"]]
+            entry["reason"] = f"nn.MultiheadAttention not rebuilt from Linear + MatMul modules: {why}"
     if not plan["layers"]:
         why = "; ".join(f"{f['name']}: {f['reason']}" for f in plan["float"]) or (
             "a bare layer: wrap it in nn.Sequential" if type(model) in (nn.Conv1d, nn.Conv2d, nn.Linear)
             else "it has no Conv1d/Conv2d/Linear/MatMul")
         raise BadInput(f"no layer of {type(model).__name__} can be quantized ({why})")
     plan.update(scheme=scheme.model_dump(), weight_bits=weight_bits, weight_bits_reason=bits_reason,
-                observer=observer, lsq=bool(lsq), fold_bn=bool(fold_bn))
+                observer=observer, lsq=bool(lsq), fold_bn=bool(fold_bn), attention_swap=swapped_attention(quantized))
     return apply_plan(quantized, plan)
 
 
 def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Swap in the fake-quant modules a plan describes (in place); also replays checkpoints."""
+    swap_attention(model, names=plan.get("attention_swap", ()))  # as prepare did (a no-op after a prune replay)
     scheme = QuantScheme.model_validate(plan["scheme"])
     act_grid = grid(dtype=scheme.activations.dtype, symmetric=scheme.activations.symmetric)
     weight_grid = grid(dtype=scheme.weights.dtype, symmetric=scheme.weights.symmetric, bits=plan["weight_bits"])

@@ -15,9 +15,9 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from edgekd.io import atomic_path
+from edgekd.report.schema import VARIANTS
 
-VARIANT_ORDER = ("teacher-fp32", "teacher-int8-ptq", "student-no-kd", "student-kd-fp32", "student-kd-qat-int8")
-_VARIANT_COLOURS = dict(zip(VARIANT_ORDER, ("#4e79a7", "#76b7b2", "#e15759", "#f28e2b", "#59a14f")))
+_VARIANT_COLOURS = dict(zip(VARIANTS, ("#4e79a7", "#76b7b2", "#e15759", "#f28e2b", "#59a14f")))
 _FALLBACK_COLOURS = ("#b07aa1", "#9c755f", "#bab0ac", "#edc948", "#ff9da7")
 _LAYER_LABEL_CHARS = 42
 

@@ -17,10 +17,9 @@ from edgekd.io import atomic_path
 from edgekd.report import plots
 from edgekd.report.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from edgekd.report.manifest import MANIFEST_NAME, read_manifest
+from edgekd.report.schema import DEPLOYABLE, TEACHER_FP32, parse_report
 
 REPORT_NAME = "report.json"
-TEACHER_VARIANT = "teacher-fp32"
-STUDENT_VARIANT = "student-kd-qat-int8"
 _MISSING = "—"
 _TOP_LAYERS_EXPLAINED = 5
 _MAX_CLASS_ROWS = 50
@@ -28,20 +27,9 @@ _MAX_CLASS_ROWS = 50
 
 # ---------------------------------------------------------------- loading and shape checks
 
-def _expect(container: dict, key: str, kind: type | tuple, where: str, source: Path, *, nullable: bool = False):
-    if key not in container:
-        raise BadInput(f"{source}: key '{where}{key}' is missing")
-    value = container[key]
-    if value is None and nullable:
-        return value
-    if not isinstance(value, kind) or (kind in (int, float, (int, float)) and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BadInput(f"{source}: key '{where}{key}' must be {names}, got {type(value).__name__}")
-    return value
-
-
 def load_report(*, run_dir: Path) -> dict:
-    """Read run_dir/report.json and check the keys the contract promises (BadInput names the key)."""
+    """Read run_dir/report.json and check it against the typed schema the writer used (BadInput names
+    the key); the renderer then reads the checked dict."""
     source = Path(run_dir) / REPORT_NAME
     if not source.is_file():
         raise BadInput(f"{source}: not found; `edgekd report` re-renders the report.json of a finished run")
@@ -49,32 +37,7 @@ def load_report(*, run_dir: Path) -> dict:
         report = json.loads(source.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(report, dict):
-        raise BadInput(f"{source}: top level must be an object, got {type(report).__name__}")
-    for index, row in enumerate(_expect(report, "ablation", list, "", source)):
-        where = f"ablation[{index}]."
-        if not isinstance(row, dict):
-            raise BadInput(f"{source}: key 'ablation[{index}]' must be an object")
-        _expect(row, "variant", str, where, source)
-        metric = _expect(row, "metric", dict, where, source)
-        _expect(metric, "name", str, where + "metric.", source)
-        _expect(metric, "value", (int, float), where + "metric.", source, nullable=True)
-        for key in ("latency_p50_ms", "latency_p95_ms"):
-            if key in row and not isinstance(row[key], dict):
-                raise BadInput(f"{source}: key '{where}{key}' must be an object of target -> ms")
-    for index, target in enumerate(_expect(report, "targets", list, "", source)):
-        where = f"targets[{index}]."
-        if not isinstance(target, dict):
-            raise BadInput(f"{source}: key 'targets[{index}]' must be an object")
-        _expect(target, "name", str, where, source)
-        _expect(target, "available", bool, where, source)
-        slo = _expect(target, "slo", dict, where, source)
-        _expect(slo, "verdict", str, where + "slo.", source)
-        for c_index, check in enumerate(_expect(slo, "checks", list, where + "slo.", source)):
-            if not isinstance(check, dict):
-                raise BadInput(f"{source}: key '{where}slo.checks[{c_index}]' must be an object")
-            _expect(check, "key", str, f"{where}slo.checks[{c_index}].", source)
-    _expect(report, "parity", dict, "", source)
+    parse_report(report, source=str(source))
     return report
 
 
@@ -172,7 +135,7 @@ def _retention(report: dict) -> float | None:
     """report["retention"], or the INT8 student's metric over the FP32 teacher's from the ablation."""
     if _is_number(report.get("retention")):
         return report["retention"]
-    teacher, student = _ablation_row(report, TEACHER_VARIANT), _ablation_row(report, STUDENT_VARIANT)
+    teacher, student = _ablation_row(report, TEACHER_FP32), _ablation_row(report, DEPLOYABLE)
     if teacher and student and _is_number(teacher["metric"]["value"]) and _is_number(student["metric"]["value"]) \
             and teacher["metric"]["value"]:
         return student["metric"]["value"] / teacher["metric"]["value"]
@@ -183,7 +146,7 @@ def _speedups(report: dict) -> dict[str, float]:
     """report["speedup_vs_teacher"], or teacher p50 / student p50 per target from the ablation."""
     if isinstance(report.get("speedup_vs_teacher"), dict):
         return {k: v for k, v in report["speedup_vs_teacher"].items() if _is_number(v)}
-    teacher, student = _ablation_row(report, TEACHER_VARIANT), _ablation_row(report, STUDENT_VARIANT)
+    teacher, student = _ablation_row(report, TEACHER_FP32), _ablation_row(report, DEPLOYABLE)
     if not (teacher and student):
         return {}
     t_lat, s_lat = teacher.get("latency_p50_ms") or {}, student.get("latency_p50_ms") or {}
@@ -219,7 +182,7 @@ class _Renderer:
         self.source = source
         self.pending_plots: list[tuple[str, str, Callable[..., Path], dict]] = []  # (section, relative, draw, kwargs)
         self.current_section = ""
-        teacher = _ablation_row(report, TEACHER_VARIANT) or (report["ablation"][0] if report["ablation"] else None)
+        teacher = _ablation_row(report, TEACHER_FP32) or (report["ablation"][0] if report["ablation"] else None)
         self.metric_name = teacher["metric"]["name"] if teacher else "metric"
 
     def plot(self, name: str, draw: Callable[..., Path], **kwargs) -> str:
@@ -249,13 +212,13 @@ class _Renderer:
         report = self.report
         measured = [t for t in report["targets"] if t["available"]]
         absent = [t for t in report["targets"] if not t["available"]]
-        who = f"The INT8 student ({STUDENT_VARIANT})" if _ablation_row(report, STUDENT_VARIANT) else "The student"
+        who = f"The INT8 student ({DEPLOYABLE})" if _ablation_row(report, DEPLOYABLE) else "The student"
         meets, does, it = "meets", "does", "It"
-        root = report.get("deployed") or STUDENT_VARIANT
+        root = report.get("deployed") or DEPLOYABLE
         deployed = sorted({t["variant"] for t in (measured or report["targets"]) if t.get("variant")})
         if len(deployed) > 1:  # targets of different precisions or INT8 schemes deploy different students
             who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", root
-        elif deployed and deployed[0] != STUDENT_VARIANT:  # e.g. only fp16 targets: the FP16 student
+        elif deployed and deployed[0] != DEPLOYABLE:  # e.g. only fp16 targets: the FP16 student
             who = f"The deployed student ({deployed[0]})"
         if not measured:
             verdict = f"{who} was not measured on any target here, so no SLO verdict is given."
@@ -308,7 +271,7 @@ class _Renderer:
         if report.get("deployables"):
             blocks += [Paragraph("Students made for particular targets (FP16, another INT8 scheme), measured the "
                                  "same way:"), table(report["deployables"])]
-        teacher = _ablation_row(report, TEACHER_VARIANT)
+        teacher = _ablation_row(report, TEACHER_FP32)
         targets = {t["name"]: t for t in report["targets"]}
         for name in names:
             points = [(row["variant"], row["latency_p50_ms"][name], row["metric"]["value"]) for row in report["ablation"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import BadInput
+from edgekd.nn_swap import swap_attention
+from edgekd.quant.choice import LayerChoice
 from edgekd.quant.modules import MatMul
 from edgekd.quant.plan import check_skip, layer_kind, make_plan
 from edgekd.quant.prepare import calibrate, prepare
@@ -39,29 +40,6 @@ from edgekd.targets import Target, availability
 
 # A GEMM this small (weights) is dominated by quantize/dequantize overhead on most runtimes.
 SMALL_GEMM_WEIGHTS = 16384
-
-
-@dataclass
-class LayerChoice:
-    target: str
-    runtime: str
-    measured: bool
-    reason: str | None  # why not measured / why the whole model stays float
-    decisions: list[dict] = field(default_factory=list)  # one per layer kind, smallest first
-    whole_model: dict | None = None  # {"fp32_ms", "all_int8_ms", "int8_ms" (with the choices), "all_float"}
-    float_layers: tuple[str, ...] = ()  # pass as prepare(skip=...)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def reason_for(self, name: str) -> str:
-        if self.whole_model and self.whole_model.get("all_float"):
-            return f"latency: INT8 model not faster on {self.target} ({self.reason})"
-        for decision in self.decisions:
-            if name in decision["layers"] and decision["measured"]:
-                return (f"latency: model {decision['model_ms_kind_float']:.3f} ms with {decision['kind']} layers float "
-                        f"vs {decision['model_ms_kind_int8']:.3f} ms INT8 on {self.target}")
-        return f"latency choice for {self.target}"
 
 
 def _kind(module: nn.Module, out_shape: tuple[int, ...]) -> str:
@@ -136,6 +114,8 @@ def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs
     example = tuple(torch.as_tensor(e) for e in (example_inputs if isinstance(example_inputs, (tuple, list))
                                                  else (example_inputs,)))
     example = tuple(e[:1].repeat(target.batch_size, *([1] * (e.dim() - 1))) for e in example)
+    model = copy.deepcopy(model)
+    swap_attention(model)  # as prepare does: the attention projections and matmuls are layers to time
     skip = check_skip(model, skip)
     plan = make_plan(copy.deepcopy(model), skip=skip, fold_bn=True)
     names = [entry["name"] for entry in plan["layers"]]

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from edgekd.bench.runtimes import ComputeOp
+from edgekd.runtimes.sessions import ComputeOp
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,14 @@ def assess_precision(*, ops: list[ComputeOp], graph_quantized: bool, target_prec
     else:
         executed, int8 = counts.most_common(1)[0][0], False
     return PrecisionReport(expected, tuple(because), executed, int8, dict(counts))
+
+
+def int8_counts(ops: list[ComputeOp]) -> tuple[dict[str, int], dict[str, int]]:
+    """(integer-kernel compute ops by op type, all compute ops by op type): the export gate's evidence."""
+    int8: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for op in ops:
+        total[op.op] = total.get(op.op, 0) + 1
+        if op.precision == "int8":
+            int8[op.op] = int8.get(op.op, 0) + 1
+    return int8, total

@@ -1,9 +1,12 @@
 """One inference session per runtime (ONNX Runtime, OpenVINO) behind the same small interface.
 
-A session binds pre-allocated inputs once and then runs without per-call conversion, so the
-timing loop measures the runtime, not Python glue. An *instrumented* session additionally
-records per-layer times and exposes the graph the runtime really executes; it is kept apart
-from the timed session because profiling itself costs time.
+Everything in edgekd that opens a model on a runtime (the export gate, predict, the benchmark,
+the latency-aware quantizer) opens it here, so "which kernels ran" and "in which precision"
+have one answer. A session binds pre-allocated inputs once and then runs without per-call
+conversion, so the timing loop measures the runtime, not Python glue; `run` is the plain
+call for parity and predictions. An *instrumented* session additionally records per-layer times
+and exposes the graph the runtime really executes; it is kept apart from the timed session
+because profiling itself costs time.
 """
 
 from __future__ import annotations
@@ -19,26 +22,9 @@ from typing import Optional, Protocol
 import numpy as np
 
 from edgekd.errors import BadInput
+from edgekd.runtimes.ops import ONNX_FLOAT_TYPES, ORT_FLOAT_OPS, ORT_INT8_OPS, OV_COMPUTE_LAYERS, OV_PRECISIONS
 
-# Compute ops in ONNX Runtime's optimized graph that run integer kernels ...
-ORT_INT8_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLSTM", "QLinearConvTranspose", "QOrderedMatMul",
-    "QOrderedAttention", "QEmbedLayerNormalization",
-})
-# ... and those that run floating-point kernels.
-ORT_FLOAT_OPS = frozenset({
-    "Conv", "ConvTranspose", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
-    "TransposeMatMul", "Attention", "MultiHeadAttention", "GroupQueryAttention", "LSTM", "GRU", "RNN", "Einsum",
-    "MatMulNBits",
-})
-# OpenVINO runtime-graph layer types that do the arithmetic (the rest moves or reshapes data).
-OV_COMPUTE_LAYERS = frozenset({
-    "Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "ScaledAttn", "RNNSeq", "RNNCell",
-})
 PROFILE_WARMUP = 3  # untimed runs before per-layer times are recorded (first runs allocate and JIT)
-_OV_PRECISIONS = {"u8": "int8", "i8": "int8", "f32": "fp32", "f16": "fp16", "bf16": "bf16"}
-_ONNX_FLOAT_TYPES = {10: "fp16", 16: "bf16"}  # TensorProto.FLOAT16, BFLOAT16; anything else reads fp32
 
 
 @dataclass(frozen=True)
@@ -77,6 +63,9 @@ class LayerTime:
 
 
 class Session(Protocol):
+    def input_names(self) -> list[str]: ...
+    def fixed_batch(self) -> Optional[int]: ...
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
     def bind(self, feeds: dict[str, np.ndarray]) -> None: ...
     def infer(self) -> None: ...
     def compute_ops(self) -> list[ComputeOp]: ...
@@ -92,6 +81,14 @@ def open_session(config: SessionConfig, *, instrumented: bool = False) -> Sessio
     if config.runtime == "openvino":
         return OvSession(config, instrumented=instrumented)
     raise BadInput(f"unknown runtime '{config.runtime}' (expected onnxruntime or openvino)")
+
+
+def cpu_session(path, *, instrumented: bool = False, threads: Optional[int] = None) -> Session:
+    """`path` (.onnx on ONNX Runtime, .xml on OpenVINO) on this host's CPU, as the gate and predict run it."""
+    openvino = str(path).endswith(".xml")
+    return open_session(SessionConfig(model=str(path), runtime="openvino" if openvino else "onnxruntime",
+                                      device="CPU" if openvino else "CPUExecutionProvider", threads=threads),
+                        instrumented=instrumented)
 
 
 def runtime_error_summary(err: BaseException) -> str:
@@ -157,6 +154,17 @@ class OrtSession:
         self._binding = None
         self._feeds: dict[str, np.ndarray] = {}
 
+    def input_names(self) -> list[str]:
+        return [i.name for i in self._session.get_inputs()]
+
+    def fixed_batch(self) -> Optional[int]:
+        first = self._session.get_inputs()[0].shape[0]
+        return first if isinstance(first, int) else None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output for `feeds` (no binding: for parity checks and predictions, not timing)."""
+        return self._session.run(None, feeds)
+
     def bind(self, feeds: dict[str, np.ndarray]) -> None:
         """Bind the inputs once and run one checked inference."""
         binding = self._session.io_binding()
@@ -186,7 +194,7 @@ class OrtSession:
         if self._tmp is None:
             raise RuntimeError("compute_ops needs an instrumented session")
         graph = onnx.load(str(Path(self._tmp.name) / "optimized.onnx"), load_external_data=False).graph
-        float_inits = {t.name: _ONNX_FLOAT_TYPES.get(t.data_type, "fp32") for t in graph.initializer}
+        float_inits = {t.name: ONNX_FLOAT_TYPES.get(t.data_type, "fp32") for t in graph.initializer}
         ops = []
         for node in graph.node:
             if node.op_type in ORT_INT8_OPS:
@@ -241,11 +249,22 @@ class OvSession:
                 model.reshape({name: list(shape) for name, shape in config.static_shapes.items()})
             self._compiled = core.compile_model(
                 model, config.device, openvino_config(config.device, threads=config.threads, perf_count=instrumented))
-        except RuntimeError as err:
+        except Exception as err:  # OpenVINO raises RuntimeError and its own types (e.g. on NaN constants)
             raise BadInput(f"{config.model}: OpenVINO cannot load the model on {config.device}: "
                            f"{runtime_error_summary(err)}") from None
         self._request = self._compiled.create_infer_request()
         self._feeds: dict[str, np.ndarray] = {}
+
+    def input_names(self) -> list[str]:
+        return [port.get_any_name() for port in self._compiled.inputs]
+
+    def fixed_batch(self) -> Optional[int]:
+        first = self._compiled.inputs[0].get_partial_shape()[0]
+        return first.get_length() if first.is_static else None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output for `feeds` (no binding: for parity checks and predictions, not timing)."""
+        return [np.asarray(value) for value in self._compiled(feeds).values()]
 
     def bind(self, feeds: dict[str, np.ndarray]) -> None:
         """Share the input arrays with the request once (no per-call copy) and run one checked inference."""
@@ -283,7 +302,7 @@ class OvSession:
             if layer not in OV_COMPUTE_LAYERS:
                 continue
             precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
-            ops.append(ComputeOp(op.get_friendly_name(), layer, _OV_PRECISIONS.get(precision.lower(), precision)))
+            ops.append(ComputeOp(op.get_friendly_name(), layer, OV_PRECISIONS.get(precision.lower(), precision)))
         return ops
 
     def profile_layers(self, runs: int) -> list[LayerTime]:

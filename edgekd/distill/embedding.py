@@ -1,6 +1,6 @@
-"""How faithfully a student encoder reproduces its teacher's embedding geometry on held-out text.
+"""How faithfully a student reproduces its teacher's embedding geometry: the 'embedding' task's metric.
 
-Unlabeled text has no accuracy; what a sentence-embedding user relies on is the similarity
+Unlabeled data (text, typically) has no accuracy; what a sentence-embedding user relies on is the similarity
 structure. Two views of it: the Spearman rank correlation of student vs teacher cosine
 similarities over random text pairs (does the student order pairs like the teacher?), and
 recall@k of the teacher's k nearest neighbours (does search return the same texts?).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from edgekd.distill import register_metric
 from edgekd.errors import BadInput
 
 DEFAULT_K = 10
@@ -65,14 +64,13 @@ def _neighbour_recall(student: np.ndarray, teacher: np.ndarray, k: int, block: i
     return hits / (len(student) * k)
 
 
-@register_metric("embedding", primary="spearman")
 def embedding_task_metric(outputs, y, teacher_outputs) -> dict:
     """The 'embedding' task's metric for distillation and evaluation: agreement with the teacher.
 
     Spearman is the primary figure (and `teacher_agreement`); like recall@10 it compares each
     model's own similarity structure, so it works at any embedding width. recall@10 needs more than
-    10 texts, Spearman at least 3 (None below). `cosine_to_teacher` (None when the widths differ)
-    is kept for continuity with the default metric this one replaces.
+    10 samples, Spearman at least 3 (None below). `cosine_to_teacher` (None when the widths differ)
+    is the per-sample view.
     """
     if teacher_outputs is None:
         raise BadInput("task 'embedding': agreement is measured against the teacher's embeddings; pass a teacher")

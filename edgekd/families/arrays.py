@@ -1,0 +1,53 @@
+"""Array models (images, tabular): tensors in, logits (or embeddings) out."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.errors import BadInput
+from edgekd.families.base import ModelFamily
+
+
+class ArrayFamily(ModelFamily):
+    name = "arrays"
+
+    @classmethod
+    def matches(cls, *, model, data) -> bool:
+        return not data.is_text
+
+    def example_input(self) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.data.x_val[:1]))
+
+    def make_student(self, spec: str, *, channel_multiple: int, prune_settings, seed: int):
+        kind, _, value = spec.partition(":")
+        if kind != "prune":
+            raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
+        from edgekd.prune import prune_with_recovery
+
+        return prune_with_recovery(teacher=self.model, data=self.data, ratio=float(value),
+                                   channel_multiple=channel_multiple, importance=prune_settings.importance,
+                                   global_pruning=prune_settings.global_pruning, steps=prune_settings.steps,
+                                   recovery_epochs=prune_settings.recovery_epochs,
+                                   ignore_layers=prune_settings.ignore_layers, seed=seed)
+
+    def distill_config(self, settings: dict, *, source: str, student: nn.Module | None = None):
+        from edgekd.distill import config_from_mapping
+
+        return config_from_mapping(settings, source=source)
+
+    def export_inputs(self, *, static_shapes: bool = False) -> dict:
+        return {"example_inputs": self.example_input(), "parity_inputs": self.data.x_test, "task": self.data.task,
+                "labels": self.data.y_test, "static_shapes": static_shapes}
+
+    def runtime_inputs(self):
+        return self.data.x_test, self.data.x_test[:1]
+
+    def metric(self, outputs: np.ndarray, teacher_outputs: np.ndarray) -> dict:
+        if self.data.task == "classification":
+            return {"name": "accuracy", "value": float((outputs.argmax(1) == self.data.y_test).mean())}
+        from edgekd.distill.embedding import embedding_agreement
+
+        agreement = embedding_agreement(student_emb=outputs, teacher_emb=teacher_outputs)
+        return {"name": "spearman_vs_teacher", "value": float(agreement["spearman"]), **agreement}
