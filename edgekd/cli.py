@@ -355,6 +355,58 @@ def _recorded_accuracy(meta: dict) -> Optional[float]:
 
 
 @app.command()
+def profile(
+    model: str = typer.Argument(..., help="The teacher: module:factory, checkpoint, or HF model dir."),
+    target: List[str] = typer.Option(..., "--target", "-t", help="Target profile name or YAML (repeatable)."),
+    data: str = typer.Option("digits16", "--data", help="Data the model takes (shapes, calibration, text)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the profile as JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for profile.json and budget.png."),
+    margin: float = typer.Option(0.10, "--margin", help="Share of each SLO a choice keeps spare."),
+    trust_factory: List[str] = _trust_option(),
+):
+    """The most capable student that fits each target's SLOs, from latency measured on its runtime; exit 1 if none fits."""
+    from edgekd.checkpoint import load_model
+    from edgekd.data import load_data
+    from edgekd.profile import profile as run_profile, write_profile
+    from edgekd.report.plots import plot_budget
+    from edgekd.targets import load_target
+
+    if json_out is not None:
+        _output_file(json_out, "--json")
+    if out is not None:
+        _output_dir(out, "--out")
+    profiles = [load_target(name) for name in target]
+    dataset = load_data(data)  # cheap checks first: a missing file before any model is built
+    teacher = load_model(model, trusted_factories=_trusted(trust_factory, model))
+    result = run_profile(teacher=teacher, data=dataset, targets=profiles, margin=margin, model_name=model)
+    _print_profile(result)
+    if json_out is not None:
+        write_profile(result, json_out)
+    if out is not None:
+        write_profile(result, out / "profile.json")
+        plot_budget(path=out / "budget.png", targets=result.as_dict()["targets"])
+        console.print(f"wrote {out / 'profile.json'} and {out / 'budget.png'}")
+    if not result.all_fit:
+        raise typer.Exit(1)
+
+
+def _print_profile(result) -> None:
+    fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+    for entry in result.targets:
+        title = f"{entry.name}: " + (", ".join(f"{k} <= {v:g}" for k, v in entry.budget["limits"].items()) or "no SLO")
+        table = Table(title=title + ("" if entry.available else f"  (estimated: {entry.reason})"))
+        for col in ("student", "precision", "params", "MACs", "p50 ms", "p95 ms", "peak MB", "size MB", "fits"):
+            table.add_column(col, justify="left" if col in ("student", "precision", "fits") else "right")
+        for c in entry.candidates:
+            verdict = "yes" if c.fits else ("estimate" if c.estimated else "no: " + ", ".join(c.misses))
+            marker = " *" if c.student == entry.chosen else ""
+            table.add_row(c.student + marker, c.precision, f"{c.params:,}", f"{c.macs:,}", fmt(c.latency_p50_ms),
+                          fmt(c.latency_p95_ms), fmt(c.peak_memory_mb), f"{c.model_size_mb:.3f}", verdict)
+        console.print(table)
+        console.print(f"{entry.name}: {entry.why}", markup=False)
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="A finished run directory (holds report.json).")):
     """Re-render report.md / report.html / plots from report.json."""
     from edgekd.report import render_report

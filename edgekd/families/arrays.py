@@ -32,6 +32,10 @@ class ArrayFamily(ModelFamily):
                                    recovery_epochs=prune_settings.recovery_epochs,
                                    ignore_layers=prune_settings.ignore_layers, seed=seed)
 
+    def ladder(self) -> list[str]:
+        """Channel ratios in eighths: each target rounds the kept widths to its channel multiple."""
+        return [f"prune:{ratio / 8:g}" for ratio in range(1, 8)]
+
     def distill_config(self, settings: dict, *, source: str, student: nn.Module | None = None):
         from edgekd.distill import config_from_mapping
 

@@ -62,6 +62,10 @@ class ModelFamily(ABC):
         """The student a `prune:R` / `layers:N` spec names, made from the teacher (`self.model`):
         an object with `.model`, `.transform` (the checkpoint step) and `.report`."""
 
+    @abstractmethod
+    def ladder(self) -> list[str]:
+        """Candidate student specs for a budget search (`edgekd profile`), most capable first."""
+
     # ---- training
     def trains_without_teacher(self) -> bool:
         """Whether the no-KD baseline has a training signal (labels) of its own."""

@@ -65,6 +65,11 @@ class TextEncoderFamily(ModelFamily):
         return make_student(teacher=self.model, spec=spec, example_inputs=self.example_input(),
                             channel_multiple=channel_multiple)
 
+    def ladder(self) -> list[str]:
+        """Depth: every layer count below the teacher's (the width axis, FFN and heads, comes with issue 18)."""
+        depth = self.model.config.num_hidden_layers
+        return [f"layers:{n}" for n in range(depth - 1, 0, -1)]
+
     def trains_without_teacher(self) -> bool:
         return False  # unlabeled text: nothing to learn from without the teacher
 

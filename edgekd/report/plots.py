@@ -235,3 +235,34 @@ def plot_per_class(*, path: Path, audit: dict, limit: int = 30) -> Path:
     ax.grid(True, axis="y", alpha=0.3)
     figure.legend(fontsize=8, loc="outside upper right", ncols=2)
     return _save(figure, path)
+
+
+def plot_budget(*, path: Path, targets: Sequence[dict]) -> Path:
+    """p95 latency vs parameters of every profiled candidate, one panel per target: the SLO line
+    (with the margin the choice keeps) and the chosen student ringed. Estimated figures are hollow."""
+    figure = _new_figure(6.5 * max(1, len(targets)), 4.6)
+    for index, entry in enumerate(targets, start=1):
+        ax = figure.add_subplot(1, len(targets), index)
+        for candidate in entry["candidates"]:
+            if candidate["latency_p95_ms"] is None:
+                continue
+            chosen = candidate["student"] == entry["chosen"]
+            teacher = candidate["student"] == "teacher"
+            colour = "#4e79a7" if teacher else ("#59a14f" if candidate["fits"] else "#e15759")
+            ax.scatter(candidate["params"], candidate["latency_p95_ms"], s=120 if chosen else 50,
+                       color="none" if candidate["estimated"] else colour, edgecolors="black" if chosen else colour,
+                       linewidths=1.5 if chosen else 1.0, zorder=3)
+            ax.annotate(candidate["student"], (candidate["params"], candidate["latency_p95_ms"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        limit = entry["budget"]["limits"].get("latency_p95_ms")
+        if limit is not None:
+            ax.axhline(limit, color="#cf222e", linestyle=":", linewidth=1.2, label="p95 SLO")
+            ax.axhline(limit * (1 - entry["budget"]["margin"]), color="#cf222e", linestyle="--", linewidth=0.8,
+                       label=f"with {entry['budget']['margin']:.0%} margin")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("p95 latency (ms)")
+        ax.set_yscale("log")  # candidates sit far below a loose budget: a linear axis flattens them
+        ax.set_title(f"{entry['name']}{'' if entry['available'] else ' (estimated)'}", fontsize=10)
+        ax.grid(alpha=0.3)
+    return _save(figure, path)

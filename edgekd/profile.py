@@ -1,0 +1,267 @@
+"""`edgekd profile`: which student fits each target's budget, measured on the target's runtime.
+
+A user comes with a device and a budget (p95 under 4 ms, under 200 MB), not a prune ratio. For
+each target this builds the teacher and a ladder of candidate students of the model's family
+(`ModelFamily.ladder`: channel ratios for CNNs, depth for text encoders) structurally (pruned or
+cut; latency does not depend on trained values), exports each in the precision the target
+deploys (INT8 QDQ in its scheme, FP16 or FP32; one export serves every target of the same
+precision and shapes), times it there, and picks the most capable candidate that meets every
+latency / memory / size SLO with a safety margin. An absent device gets the roofline estimate
+from its profile's `peak` figures, marked `estimated` and never chosen as a measured fit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from edgekd.checkpoint import LoadedModel
+from edgekd.data import Dataset
+from edgekd.errors import BadInput
+from edgekd.families import ModelFamily, family_for
+from edgekd.recipe import PruneSection
+from edgekd.targets import Target, availability
+
+DEFAULT_MARGIN = 0.10  # a candidate must meet each limit with this share to spare: timing on a shared host varies
+SLO_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
+CALIBRATION_SAMPLES = 64  # PTQ ranges for a latency-only artifact: enough for realistic QDQ placement
+
+
+@dataclass
+class Candidate:
+    student: str  # a spec `--student` accepts ("teacher" for the teacher itself)
+    precision: str  # what the target runs: int8 | fp16 | fp32
+    params: int
+    macs: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    peak_memory_mb: float | None  # None: not measured, at most the teacher's (which meets the limit)
+    model_size_mb: float
+    estimated: bool  # an absent device's roofline estimate, never a measurement
+    fits: bool
+    misses: list[str] = field(default_factory=list)  # the SLO keys it does not meet (with the margin)
+
+
+@dataclass
+class TargetProfile:
+    name: str
+    available: bool
+    reason: str | None
+    budget: dict  # the SLO limits that bind a choice, and the margin kept
+    candidates: list[Candidate]
+    chosen: str | None
+    why: str
+    teacher_layers: list[dict] = field(default_factory=list)  # the teacher's slowest layers there
+    skipped: dict = field(default_factory=dict)  # spec -> why it is not a candidate on this target
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "reason": self.reason}
+
+
+@dataclass
+class ProfileResult:
+    model: str
+    targets: list[TargetProfile]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "targets": [t.as_dict() for t in self.targets]}
+
+    @property
+    def all_fit(self) -> bool:
+        """Every measured target with a budget has a student that fits it (and one target was measured)."""
+        binding = [t for t in self.targets if t.available and t.budget["limits"]]
+        return bool(binding) and all(t.chosen is not None for t in binding)
+
+
+def _budget(target: Target, margin: float) -> dict:
+    limits = {key: getattr(target.slo, key) for key in SLO_KEYS if getattr(target.slo, key) is not None}
+    return {"limits": limits, "margin": margin}
+
+
+def _misses(figures: dict, budget: dict) -> list[str]:
+    """The limits a candidate does not meet with the margin to spare (a missing figure misses)."""
+    keep = 1.0 - budget["margin"]
+    return [key for key, limit in budget["limits"].items()
+            if figures.get(key) is None or not figures[key] <= limit * keep]
+
+
+class _Artifacts:
+    """Exports shared across targets: one per (student, precision, scheme, shapes, formats)."""
+
+    def __init__(self, family: ModelFamily, work: Path):
+        self.family, self.work, self.cache = family, work, {}
+
+    def path(self, key: str, model: nn.Module, target: Target) -> Path:
+        from edgekd.export import export
+
+        precision = target.precision
+        scheme = target.quantization.model_dump_json() if precision == "int8" else ""
+        openvino = target.runtime == "openvino"
+        cache_key = (key, precision, scheme, target.static_shapes, openvino)
+        if cache_key not in self.cache:
+            stem = f"c{len(self.cache)}"
+            exported = self._int8(model, target) if precision == "int8" else model
+            inputs = self.family.export_inputs(static_shapes=target.static_shapes)
+            inputs.pop("labels", None)  # latency only: no parity or task check over the held-out set
+            inputs["parity_inputs"] = inputs["example_inputs"]
+            result = export(model=self.family.export_view(exported), out_dir=self.work, name=stem, gate=False,
+                            formats=("openvino",) if openvino else ("onnx",),
+                            precision="fp16" if precision == "fp16" else "fp32", **inputs)
+            self.cache[cache_key] = result.openvino_xml if openvino else result.onnx
+        return self.cache[cache_key]
+
+    def _int8(self, model: nn.Module, target: Target) -> nn.Module:
+        from edgekd.quant import quantize_ptq, weight_bits_for_target
+        from edgekd.quant.qat import calibration_batches
+
+        batches = calibration_batches(self.family.data.x_train, collate=self.family.collate(),
+                                      samples=CALIBRATION_SAMPLES, batch_size=CALIBRATION_SAMPLES, seed=0)
+        return quantize_ptq(model=model, scheme=target.quantization, calibration=batches,
+                            weight_bits=weight_bits_for_target(target)[0])
+
+
+def _size_mb(path: Path) -> float:
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
+
+
+def _measure(path: Path, target: Target, sample, *, memory: bool, layers: bool):
+    from edgekd.bench import benchmark
+
+    return benchmark(model=path, target=target, inputs=sample, warmup=10, min_iterations=30, time_budget_s=0.3,
+                     measure_memory=memory, profile_layers=layers, top_layers=5)
+
+
+def _candidate(spec: str, model: nn.Module, path: Path, target: Target, budget: dict, sample,
+               memory_bound: float | None) -> tuple[Candidate, object]:
+    """One row. Memory is measured (an isolated process each, the slow part) unless `memory_bound`, the
+    teacher's measured peak, already meets the limit: a smaller student of the same family then does too."""
+    from edgekd.prune import count_params_macs
+
+    params, macs = count_params_macs(model=model, example_inputs=_example(sample))
+    wants_memory = "peak_memory_mb" in budget["limits"] and memory_bound is None
+    measured = _measure(path, target, sample, memory=wants_memory, layers=spec == "teacher")
+    if measured.estimate is not None:
+        p50 = p95 = measured.estimate["latency_ms"]
+    else:
+        p50, p95 = (measured.latency_ms or {}).get("p50"), (measured.latency_ms or {}).get("p95")
+    peak = measured.peak_memory_mb if wants_memory else None
+    figures = {"latency_p50_ms": p50, "latency_p95_ms": p95, "peak_memory_mb": peak if peak is not None else memory_bound,
+               "model_size_mb": _size_mb(path)}
+    misses = _misses(figures, budget)
+    candidate = Candidate(student=spec, precision=target.precision, params=params, macs=macs, latency_p50_ms=p50,
+                          latency_p95_ms=p95, peak_memory_mb=peak,
+                          model_size_mb=round(figures["model_size_mb"], 4), estimated=measured.estimate is not None,
+                          fits=not misses and measured.estimate is None, misses=misses)
+    return candidate, measured
+
+
+def _example(sample):
+    """The input `count_params_macs` traces with: the family's example batch, as tensors."""
+    import torch
+
+    if isinstance(sample, dict):
+        return tuple(torch.from_numpy(a) for a in sample.values())
+    return torch.from_numpy(sample)
+
+
+def _choose(candidates: list[Candidate], budget: dict, available: bool, reason: str | None) -> tuple[str | None, str]:
+    """The most capable (most parameters) student that fits, and a sentence saying why."""
+    if not budget["limits"]:
+        return None, "the profile sets no latency, memory or size SLO: nothing to fit"
+    if not available:
+        return None, f"not measured ({reason}); figures are roofline estimates, never a measured fit"
+    students = [c for c in candidates if c.student != "teacher"]
+    fitting = [c for c in students if c.fits]
+    limits = ", ".join(f"{k} {v:g}" for k, v in budget["limits"].items())
+    if not fitting:
+        fastest = min(students, key=lambda c: c.latency_p95_ms or float("inf"))
+        needs = []
+        for key in budget["limits"]:
+            best_figure = min((getattr(c, key) for c in students if getattr(c, key) is not None), default=None)
+            if best_figure is not None and not best_figure <= budget["limits"][key] * (1 - budget["margin"]):
+                needs.append(f"{key} >= {best_figure / (1 - budget['margin']):.4g}")
+        return None, (f"no candidate meets {limits} with {budget['margin']:.0%} to spare; the fastest, "
+                      f"{fastest.student}, measured p95 {fastest.latency_p95_ms:.3f} ms, {fastest.model_size_mb:.3f} MB "
+                      f"(misses {', '.join(fastest.misses)}); the budget would need "
+                      f"{' and '.join(needs) or 'a smaller student than the ladder holds'}")
+    best = max(fitting, key=lambda c: c.params)
+    larger = [c for c in students if c.params > best.params]
+    next_up = min(larger, key=lambda c: c.params) if larger else None
+    why = (f"{best.student} is the largest student that fits {limits} with {budget['margin']:.0%} to spare "
+           f"(p95 {best.latency_p95_ms:.3f} ms measured as {best.precision.upper()})")
+    if next_up is not None:
+        why += f"; {next_up.student} measured p95 {next_up.latency_p95_ms:.3f} ms (misses {', '.join(next_up.misses)})"
+    return best.student, why
+
+
+def profile(*, teacher: LoadedModel, data: Dataset, targets: list[Target], margin: float = DEFAULT_MARGIN,
+            model_name: str = "model", seed: int = 0) -> ProfileResult:
+    """Measure the teacher and every ladder candidate on each target; choose per target (see module docstring)."""
+    if not 0 <= margin < 1:
+        raise BadInput(f"margin {margin!r}: the share of each SLO to keep spare must be in [0, 1)")
+    if not targets:
+        raise BadInput("no targets given: name at least one target profile (see `edgekd targets`)")
+    family = family_for(model=teacher.model, data=data, label=model_name)
+    specs = family.ladder()
+    _, sample = family.runtime_inputs()
+    work = Path(tempfile.mkdtemp(prefix="edgekd-profile-"))
+    try:
+        artifacts = _Artifacts(family, work)
+        students: dict[tuple[str, int], nn.Module | str] = {}
+        profiles = []
+        for target in targets:
+            available, reason, _ = availability(target)
+            budget = _budget(target, margin)
+            models, skipped, sizes = [("teacher", teacher.model)], {}, {_params(teacher.model): "the teacher"}
+            for spec in specs:
+                key = (spec, target.channel_multiple)
+                if key not in students:
+                    students[key] = _structure(family, spec, target.channel_multiple, seed)
+                student = students[key]
+                if isinstance(student, str):
+                    skipped[spec] = student
+                elif _params(student) in sizes:  # rounding to the channel multiple made them the same model
+                    skipped[spec] = f"the same model as {sizes[_params(student)]} at channel multiple {target.channel_multiple}"
+                else:
+                    sizes[_params(student)] = spec
+                    models.append((spec, student))
+            rows, teacher_layers, memory_bound = [], [], None
+            for spec, model in models:
+                path = artifacts.path(f"{spec}@{target.channel_multiple}", model, target)
+                candidate, measured = _candidate(spec, model, path, target, budget, sample, memory_bound)
+                rows.append(candidate)
+                if spec == "teacher":
+                    teacher_layers = list(measured.layers)
+                    if "peak_memory_mb" not in candidate.misses:
+                        memory_bound = candidate.peak_memory_mb
+            chosen, why = _choose(rows, budget, available, reason)
+            profiles.append(TargetProfile(target.name, available, reason, budget, rows, chosen, why, teacher_layers,
+                                          skipped))
+        return ProfileResult(model=model_name, targets=profiles)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _structure(family: ModelFamily, spec: str, channel_multiple: int, seed: int) -> nn.Module | str:
+    """The candidate's untrained structure, or why there is none (nothing left to prune at this rounding)."""
+    try:
+        return family.make_student(spec, channel_multiple=channel_multiple, prune_settings=PruneSection(),
+                                   seed=seed).model.eval()
+    except BadInput as err:
+        return str(err)
+
+
+def write_profile(result: ProfileResult, path: Path) -> Path:
+    from edgekd.io import write_json
+
+    return write_json(path, json.loads(json.dumps(result.as_dict(), default=str)))

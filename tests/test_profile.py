@@ -1,0 +1,79 @@
+"""`edgekd profile`: the most capable student that fits each target's budget, from measured figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tight_target(tmp_path: Path, name: str, **slo) -> Path:
+    profile = yaml.safe_load((ROOT / "targets" / "x86-cpu-onnxruntime.yaml").read_text())
+    profile.update(name=name, slo=slo)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """A width-8 ResNet profiled against a size budget that only the smaller students meet."""
+    from edgekd.cli import main
+
+    tmp = tmp_path_factory.mktemp("profile")
+    target = tight_target(tmp, "size-bound", model_size_mb=0.03, latency_p95_ms=1000.0)
+    code = main(["profile", "usermodels:small", "--data", "digits", "-t", str(target), "--out", str(tmp / "out"),
+                 "--trust-factory", "usermodels:small"])
+    return code, json.loads((tmp / "out" / "profile.json").read_text()), tmp
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("usermodels")
+    (folder / "usermodels.py").write_text("from edgekd.models import resnet\n\ndef small():\n"
+                                          "    return resnet(width=8)\n")
+    import sys
+
+    sys.path.insert(0, str(folder))
+    yield
+    sys.path.remove(str(folder))
+
+
+def test_the_largest_candidate_within_budget_is_chosen(profiled):
+    code, result, tmp = profiled
+    assert code == 0
+    (entry,) = result["targets"]
+    rows = {c["student"]: c for c in entry["candidates"]}
+    params = [c["params"] for c in entry["candidates"]]
+    assert params == sorted(params, reverse=True) and len(set(params)) == len(params)  # the ladder, no duplicates
+    assert "nothing was pruned" in entry["skipped"]["prune:0.125"]  # width 8 in blocks of 8: 12.5% rounds to 0
+    fitting = [c for c in entry["candidates"] if c["fits"] and c["student"] != "teacher"]
+    assert fitting and all(c["model_size_mb"] <= 0.03 * 0.9 for c in fitting)
+    assert entry["chosen"] == max(fitting, key=lambda c: c["params"])["student"]
+    assert not rows["teacher"]["fits"] and rows["teacher"]["misses"] == ["model_size_mb"]
+    assert entry["chosen"] in entry["why"] and "to spare" in entry["why"]
+    assert (tmp / "out" / "budget.png").stat().st_size > 0
+
+
+def test_an_impossible_budget_exits_1_naming_the_smallest_candidate(run_cli, tmp_path):
+    target = tight_target(tmp_path, "impossible", model_size_mb=0.0001)
+    code, out, _ = run_cli("profile", "usermodels:small", "--data", "digits", "-t", str(target))
+    assert code == 1 and "no candidate meets model_size_mb 0.0001" in out and "would need model_size_mb >= 0.0" in out
+
+
+def test_an_absent_device_is_estimated_never_chosen(run_cli, tmp_path):
+    code, out, _ = run_cli("profile", "usermodels:small", "--data", "digits", "-t", "intel-npu-core-ultra",
+                           "--json", str(tmp_path / "p.json"))
+    entry = json.loads((tmp_path / "p.json").read_text())["targets"][0]
+    assert code == 1 and entry["chosen"] is None and all(c["estimated"] and not c["fits"] for c in entry["candidates"])
+    assert "never a measured fit" in out
+
+
+def test_bad_margin_is_bad_input(run_cli):
+    code, _, err = run_cli("profile", "edgekd.models:resnet", "--data", "digits", "-t", "x86-cpu-onnxruntime",
+                           "--margin", "1.5")
+    assert code == 2 and "margin 1.5" in err
