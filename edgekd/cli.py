@@ -101,7 +101,7 @@ def bench(
 
     if json_out is not None:
         _output_file(json_out, "--json")
-    if retention is not None and not retention >= 0:
+    if retention is not None and not 0 <= retention < float("inf"):
         raise BadInput(f"--retention {retention}: a metric retention is a ratio >= 0 (student metric / teacher's)")
     result = benchmark(model=model, target=load_target(target), inputs=load_samples(data=data) if data else None,
                        dynamic_dims=parse_dims(dim) or None, warmup=warmup, min_iterations=iterations,
@@ -189,6 +189,8 @@ def distill(
         source = load_model(student, **build)
     reference = teacher_loaded or source
     family = family_for(model=reference.model, data=dataset, label=teacher or student)
+    if teacher_loaded is not None:  # a teacher made for other data fails here, naming both
+        family.check_model_takes_data(f"--teacher {teacher}", f"--data '{data}'")
     if not config.kd and not family.trains_without_teacher():
         raise BadInput(f"--no-kd with --data {dataset.name}: unlabeled data gives no training signal without the "
                        "teacher")
@@ -224,8 +226,10 @@ def prune(
     from edgekd.io import write_json
     from edgekd.families import family_for
     from edgekd.prune import save_program
+    from pydantic import ValidationError
+
     from edgekd.recipe import PruneSection
-    from edgekd.targets import load_target
+    from edgekd.targets import load_target, validation_message
 
     _output_file(out, "--out")
     if channel_multiple is not None and channel_multiple < 1:
@@ -235,8 +239,11 @@ def prune(
     dataset = load_data(data)  # cheap checks first: a missing file before any model is built
     source = load_model(model, trusted_factories=_trusted(trust_factory, model))
     family = family_for(model=source.model, data=dataset, label=model)
-    settings = PruneSection(importance=importance, global_pruning=global_pruning, steps=steps,
-                            recovery_epochs=recovery_epochs, ignore_layers=list(ignore))
+    try:
+        settings = PruneSection(importance=importance, global_pruning=global_pruning, steps=steps,
+                                recovery_epochs=recovery_epochs, ignore_layers=list(ignore))
+    except ValidationError as err:
+        raise BadInput(validation_message("command line", err).replace("key '", "option '--").replace("_", "-"))
     result = family.make_student(f"prune:{ratio}", prune_settings=settings, seed=0,
                                  channel_multiple=channel_multiple or (load_target(target).channel_multiple if target else 1))
     example = family.example_input()
@@ -524,8 +531,8 @@ def _error(message: str) -> None:
 
 
 def _interrupted() -> int:
-    err_console.print("interrupted: finished stages and checkpoints are kept; compress, distill and quantize "
-                      "continue from them when re-run with --resume", markup=False)
+    err_console.print("interrupted: nothing half-written is kept; compress, distill and quantize continue from "
+                      "their finished stages and checkpoints when re-run with --resume", markup=False)
     return 130
 
 

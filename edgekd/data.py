@@ -33,6 +33,13 @@ MAX_NPZ_BYTES = 4 << 30
 (read from their headers before loading): the arrays load whole and the split copies them, so the
 peak is about three times this; a bigger claim is a wrong or corrupt file, not an edge dataset."""
 
+MAX_NPZ_LOADED_BYTES = 2 << 30
+"""Most memory (2 GiB) the arrays of an .npz may occupy once loaded and widened, from their headers
+before any is read: integer arrays become int64 (8 bytes an element), float ones float32 (4), and a
+narrower array on disk still occupies this much once loaded (a 263 KB compressed file of uint8 zeros
+widens to 4 GiB). With the original and the split's copy the peak stays near three times this, well
+inside a 24 GiB host."""
+
 MAX_TEXT_BYTES = 64 << 20
 """Largest text dataset (64 MiB, about a million sentences): it loads whole as Python strings,
 and a bigger file is more likely a log or a binary than a corpus for distilling an encoder."""
@@ -193,9 +200,8 @@ def _load_fortunes(spec: DatasetSpec, source: str):
     return x, None, content_hash(x)
 
 
-def claimed_npz_bytes(archive, name: str, path: Path) -> int:
-    """What array `name` of an open .npz decompresses to, from its .npy header (shape x item size),
-    without loading it: a zip member can claim any shape."""
+def _npz_header(archive, name: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array `name` of an open .npz, from its .npy header, without loading it."""
     member = f"{name}.npy" if f"{name}.npy" in archive.zip.namelist() else name
     with archive.zip.open(member) as file:
         version = np.lib.format.read_magic(file)
@@ -205,7 +211,37 @@ def claimed_npz_bytes(archive, name: str, path: Path) -> int:
             shape, _, dtype = np.lib.format.read_array_header_2_0(file)
         else:  # 3.0 only adds UTF-8 field names of structured arrays, which are no dataset here
             raise BadInput(f"{path}: array '{name}' is in .npy format {version[0]}.{version[1]}; expected 1.0 or 2.0")
+    return tuple(shape), dtype
+
+
+def claimed_npz_bytes(archive, name: str, path: Path) -> int:
+    """What array `name` of an open .npz decompresses to, from its .npy header (shape x item size),
+    without loading it: a zip member can claim any shape."""
+    shape, dtype = _npz_header(archive, name, path)
     return math.prod(shape) * dtype.itemsize
+
+
+def loaded_npz_bytes(archive, name: str, path: Path) -> int:
+    """What array `name` of an open .npz occupies once loaded and widened (integers to int64, floats
+    to float32), from its header: elements x the larger of its item size and the widened one."""
+    shape, dtype = _npz_header(archive, name, path)
+    widened = {"i": 8, "u": 8, "f": 4}.get(dtype.kind, 0)
+    return math.prod(shape) * max(dtype.itemsize, widened)
+
+
+def check_npz_memory(archive, names: list[str], path: Path, *, kind: str) -> None:
+    """Refuse, before any array is read, an .npz whose arrays `names` claim more than MAX_NPZ_BYTES
+    or would occupy more than MAX_NPZ_LOADED_BYTES once loaded and widened."""
+    listed = " and ".join(repr(n) for n in names)
+    claimed = sum(claimed_npz_bytes(archive, name, path) for name in names)
+    if claimed > MAX_NPZ_BYTES:
+        raise BadInput(f"{path}: arrays {listed} decompress to {claimed / 2**30:,.1f} GiB; {kind} may hold "
+                       f"at most {MAX_NPZ_BYTES >> 30} GiB")
+    loaded = sum(loaded_npz_bytes(archive, name, path) for name in names)
+    if loaded > MAX_NPZ_LOADED_BYTES:
+        raise BadInput(f"{path}: arrays {listed} occupy {loaded / 2**30:,.1f} GiB once loaded (integers as "
+                       f"int64, floats as float32); {kind} may occupy at most "
+                       f"{MAX_NPZ_LOADED_BYTES / 2**30:g} GiB")
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -217,11 +253,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
             if "x" not in archive.files:
                 raise BadInput(f"{path}: an .npz dataset needs an array named 'x' (found: {', '.join(archive.files) or 'none'})")
             names = ["x", "y"] if "y" in archive.files else ["x"]
-            claimed = sum(claimed_npz_bytes(archive, name, path) for name in names)
-            if claimed > MAX_NPZ_BYTES:
-                raise BadInput(f"{path}: arrays {' and '.join(repr(n) for n in names)} decompress to "
-                               f"{claimed / 2**30:,.1f} GiB; an .npz dataset may hold at most "
-                               f"{MAX_NPZ_BYTES >> 30} GiB")
+            check_npz_memory(archive, names, path, kind="an .npz dataset")
             x = archive["x"]
             y = archive["y"] if "y" in archive.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as err:

@@ -5,7 +5,9 @@ the keyword arguments. Calling whatever a file names would let a downloaded `.pt
 `os:system`, so a name read from a checkpoint is only called when it is
 
 - one of edgekd's built-in factories below (their arguments are validated and bounded, so a
-  file cannot ask for a billion-channel network), or
+  file cannot ask for a billion-channel network; `edgekd.zoo:digits_teacher` is none: it trains
+  for minutes, its cache is itself a checkpoint, and the zoo saves its teacher under
+  `edgekd.models:resnet`), or
 - a factory the user named: on the command line (`--teacher mymodels:net`, `--trust-factory`),
   in the recipe (`teacher:`, `student:`, `trust_factories:`), in `EDGEKD_TRUSTED_FACTORIES`
   (comma-separated), or in the Python API's `trusted_factories=`.
@@ -16,13 +18,17 @@ Anything else is refused with exit 2, naming the factory and how to allow it.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Literal
+from typing import Annotated, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import BadInput
 
 TRUST_ENV = "EDGEKD_TRUSTED_FACTORIES"
+
+MAX_RESNET_BLOCKS = 16
+"""Most residual blocks a built-in ResNet stage may have: the built-ins use 1 or 2; 16 per stage is
+already deeper than any edge model here, and an unbounded count lets a file ask for 10**12 layers."""
 
 
 class _Args(BaseModel):
@@ -32,7 +38,8 @@ class _Args(BaseModel):
 class _ResNetArgs(_Args):
     # Bounds: the widest built-in in use is 32 channels; 1024 with 3 stages is already a ~300M-parameter net.
     width: int = Field(default=32, ge=1, le=1024)
-    blocks: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
+    blocks: list[Annotated[int, Field(ge=1, le=MAX_RESNET_BLOCKS)]] = Field(
+        default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
     in_channels: int = Field(default=1, ge=1, le=64)
     num_classes: int = Field(default=10, ge=1, le=100_000)
 
@@ -41,12 +48,6 @@ class _MobileNetArgs(_Args):
     width: int = Field(default=16, ge=1, le=512)
     in_channels: int = Field(default=1, ge=1, le=64)
     num_classes: int = Field(default=10, ge=1, le=100_000)
-
-
-class _DigitsTeacherArgs(_Args):
-    data: Literal["digits", "digits16", "digits32"] = "digits16"
-    epochs: int = Field(default=20, ge=1, le=200)
-    seed: int = Field(default=0, ge=0, lt=2**32)
 
 
 class _SentenceEncoderArgs(_Args):
@@ -58,7 +59,6 @@ class _SentenceEncoderArgs(_Args):
 BUILTIN_FACTORIES: dict[str, type[_Args]] = {
     "edgekd.models:resnet": _ResNetArgs,
     "edgekd.models:mobilenet": _MobileNetArgs,
-    "edgekd.zoo:digits_teacher": _DigitsTeacherArgs,
     "edgekd.hf:sentence_encoder": _SentenceEncoderArgs,
 }
 
@@ -92,7 +92,13 @@ def checked_kwargs(factory: str, kwargs: object, *, trusted: Iterable[str], sour
         return dict(kwargs)
     if factory in set(trusted):
         return dict(kwargs)
+    shown = ascii(factory)  # the name is the file's bytes: escape control, NUL and invisible characters
+    if not isinstance(factory, str) or not is_factory_ref(factory):
+        raise BadInput(f"{source}: names the factory {shown}, which is not a valid factory reference "
+                       "(package.module:callable); edgekd will not call it")
+    how = (f"--trust-factory {factory} (or the recipe's 'trust_factories', or {TRUST_ENV}={factory})"
+           if factory.isascii() else  # a non-ASCII name is shown escaped only, never echoed raw
+           f"--trust-factory (or the recipe's 'trust_factories', or {TRUST_ENV})")
     raise BadInput(
-        f"{source}: names the factory '{factory}', which edgekd will not call: a file may only name edgekd's "
-        f"built-in factories or one you trust. If you trust it, name it: --trust-factory {factory} "
-        f"(or the recipe's 'trust_factories', or {TRUST_ENV}={factory})")
+        f"{source}: names the factory {shown}, which edgekd will not call: a file may only name edgekd's "
+        f"built-in factories or one you trust. If you trust it, name it: {how}")

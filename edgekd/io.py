@@ -7,9 +7,12 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from edgekd.errors import BadInput
 
 
 @contextlib.contextmanager
@@ -21,6 +24,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     commit the rename before the data), without the second the rename itself can be lost.
     """
     target = Path(path)
+    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -35,6 +39,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             _fsync(target.parent, os.O_RDONLY)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse an output path that exists and is not a regular file: the rename would replace a
+    symlink, a FIFO, a device node (as root, `--json /dev/full`), a socket or a folder with a file."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:  # unreadable parent etc.: the write itself reports it
+        return
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a symlink" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise BadInput(f"{target}: is {kind}; edgekd writes its outputs only as regular files and will not "
+                   "replace it (give the path of a new or regular file)")
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -1,6 +1,7 @@
 """`edgekd compress`: the whole job, in the order the mission states it.
 
-    1. prune      make the student (given, `prune:R` from the teacher, or `layers:N`)
+    1. prune      make the student (given, `prune:R` from the teacher, `layers:N`, or `auto`: the most
+                  capable ladder candidate that fits the targets' SLOs, measured there)
     2. distill    KD into the FP32 student; the same loop without KD is the baseline
     3. quantize   QAT+KD to INT8 as the target's kernels want; PTQ of the teacher as a baseline
     4. export     ONNX (QDQ) and OpenVINO IR for every variant (+ FP16 for fp16 targets), parity-gated;

@@ -201,8 +201,10 @@ def _choose(candidates: list[Candidate], budget: dict, available: bool, reason: 
 
 
 def profile(*, teacher: LoadedModel, data: Dataset, targets: list[Target], margin: float = DEFAULT_MARGIN,
-            model_name: str = "model", seed: int = 0) -> ProfileResult:
-    """Measure the teacher and every ladder candidate on each target; choose per target (see module docstring)."""
+            model_name: str = "model", seed: int = 0, channel_multiple: int | None = None) -> ProfileResult:
+    """Measure the teacher and every ladder candidate on each target; choose per target (see module docstring).
+    `channel_multiple` rounds every target's candidates alike (a run that makes one student for all of
+    them); by default each target rounds to its own."""
     if not 0 <= margin < 1:
         raise BadInput(f"margin {margin!r}: the share of each SLO to keep spare must be in [0, 1)")
     if not targets:
@@ -219,21 +221,22 @@ def profile(*, teacher: LoadedModel, data: Dataset, targets: list[Target], margi
             available, reason, _ = availability(target)
             budget = _budget(target, margin)
             models, skipped, sizes = [("teacher", teacher.model)], {}, {_params(teacher.model): "the teacher"}
+            multiple = channel_multiple or target.channel_multiple
             for spec in specs:
-                key = (spec, target.channel_multiple)
+                key = (spec, multiple)
                 if key not in students:
-                    students[key] = _structure(family, spec, target.channel_multiple, seed)
+                    students[key] = _structure(family, spec, multiple, seed)
                 student = students[key]
                 if isinstance(student, str):
                     skipped[spec] = student
                 elif _params(student) in sizes:  # rounding to the channel multiple made them the same model
-                    skipped[spec] = f"the same model as {sizes[_params(student)]} at channel multiple {target.channel_multiple}"
+                    skipped[spec] = f"the same model as {sizes[_params(student)]} at channel multiple {multiple}"
                 else:
                     sizes[_params(student)] = spec
                     models.append((spec, student))
             rows, teacher_layers, memory_bound = [], [], None
             for spec, model in models:
-                path = artifacts.path(f"{spec}@{target.channel_multiple}", model, target)
+                path = artifacts.path(f"{spec}@{multiple}", model, target)
                 candidate, measured = _candidate(spec, model, path, target, budget, sample, memory_bound)
                 rows.append(candidate)
                 if spec == "teacher":
@@ -265,3 +268,19 @@ def write_profile(result: ProfileResult, path: Path) -> Path:
     from edgekd.io import write_json
 
     return write_json(path, json.loads(json.dumps(result.as_dict(), default=str)))
+
+
+def shared_choice(result: ProfileResult) -> tuple[str | None, str]:
+    """One student for every measured target with a budget: the least capable of their picks (a smaller
+    student of the ladder meets every budget a larger one meets), and why; None when one has no fit."""
+    binding = [t for t in result.targets if t.available and t.budget["limits"]]
+    if not binding:
+        return None, ("student: auto needs a measured target with a latency, memory or size SLO; "
+                      + "; ".join(f"{t.name}: {t.why}" for t in result.targets))
+    missing = [t for t in binding if t.chosen is None]
+    if missing:
+        return None, "; ".join(f"{t.name}: {t.why}" for t in missing)
+    params = {c.student: c.params for t in binding for c in t.candidates}
+    chosen = min((t.chosen for t in binding), key=lambda spec: params[spec])
+    bound_by = [t.name for t in binding if t.chosen == chosen]
+    return chosen, f"{chosen}, the largest student that fits every measured target ({', '.join(bound_by)} binds)"

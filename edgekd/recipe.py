@@ -58,11 +58,13 @@ class Recipe(_Section):
     targets: list[str] = Field(default_factory=lambda: ["x86-cpu-openvino", "x86-cpu-onnxruntime", "intel-npu-core-ultra"])
     out: str = "runs/demo"
     seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
-    formats: list[Literal["onnx", "openvino"]] = Field(default_factory=lambda: ["onnx", "openvino"])
+    formats: list[Literal["onnx", "openvino"]] = Field(default_factory=lambda: ["onnx", "openvino"], min_length=1)
     labeled_fraction: float = Field(default=1.0, gt=0, le=1)
     # Factories a checkpoint of this run may name besides edgekd's own and the teacher/student refs
     # above (edgekd.factories): e.g. the factory a given student checkpoint was built with.
     trust_factories: list[str] = Field(default_factory=list)
+    # student: auto keeps this share of each SLO spare when it picks from measured latency (edgekd.profile)
+    budget_margin: float = Field(default=0.10, ge=0, lt=1)
     # edgekd.distill.DistillConfig fields (epochs, lr, temperature, alpha, losses, mode, ...),
     # validated by the distillation stage itself so the recipe and the API never drift apart.
     distill: dict = Field(default_factory=lambda: {"epochs": 12, "patience": None})  # the demo: about a minute
@@ -86,6 +88,14 @@ class Recipe(_Section):
                 raise ValueError(f"'{ref}' is not a factory reference (package.module:callable)")
         return refs
 
+    @field_validator("formats")
+    @classmethod
+    def _onnx_first(cls, formats: list[str]) -> list[str]:
+        """ONNX is the graph every other format is converted from and what the ablation is scored on."""
+        if "onnx" not in formats:
+            raise ValueError(f"{formats} lacks onnx: every run exports ONNX (OpenVINO IR is converted from it)")
+        return formats
+
     @field_validator("student")
     @classmethod
     def _student_spec(cls, spec: str) -> str:
@@ -100,6 +110,9 @@ class Recipe(_Section):
                 raise ValueError(f"prune:RATIO needs RATIO in (0, 1), got '{value}'")
         elif kind == "layers" and (not value.isdigit() or int(value) < 1):
             raise ValueError(f"layers:N needs a whole number N >= 1, got '{value}'")
+        elif kind not in ("prune", "layers", "auto") and Path(spec).suffix in (".pt", ".pth", ".ckpt") \
+                and not Path(spec).is_file():
+            raise ValueError(f"'{spec}': no such checkpoint file")
         return spec
 
 

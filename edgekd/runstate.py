@@ -36,7 +36,7 @@ def read_state(out: Path) -> dict | None:
         raise BadInput(f"{path}: not an edgekd run state (no '{RUN_FORMAT}' format marker); edgekd only reuses "
                        "folders it made itself: choose a new or empty run directory")
     if not isinstance(state.get("fingerprint"), dict) or not isinstance(state.get("stages"), dict) or not all(
-            isinstance(done, dict) and "info" in done for done in state["stages"].values()):
+            isinstance(done, dict) and isinstance(done.get("info"), dict) for done in state["stages"].values()):
         raise BadInput(f"{path}: malformed edgekd run state (fields 'fingerprint' and 'stages' must be mappings "
                        "of finished stages)")
     return state

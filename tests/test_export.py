@@ -1,6 +1,7 @@
 """Export to ONNX QDQ and OpenVINO IR: parity, INT8 really executed, the gate, shapes and names."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from torch import nn
 import edgekd.export.exporter as exporter
 from edgekd.errors import BadInput, GateFailed
 from edgekd.export import export
-from edgekd.models import resnet
+from edgekd.models import mobilenet, resnet
 from edgekd.quant import MatMul, QuantReport, calibrate, prepare, quantize_ptq
 from edgekd.quant.qparams import grid
 from edgekd.targets import load_target
@@ -84,6 +85,29 @@ def test_quantized_file_is_one_file_with_integer_weights(ptq_export, cnn):
     assert evidence["gate"] == "passed" and evidence["parity_source"] == "held-out parity inputs"
 
 
+def test_int8_mobilenet_file_is_smaller_than_fp32_and_stores_weights_once(tmp_path):
+    """Depthwise, squeeze-excite and concat: every quantized weight is one int8 initializer behind its
+    DequantizeLinear, and the exporter's per-node traces (which made this INT8 file twice the FP32
+    one's size) are gone, with the build machine's paths they carried."""
+    model = _with_bn_stats(mobilenet(width=8), (16, 1, 16, 16))
+    x = np.random.default_rng(2).random((80, 1, 16, 16), dtype=np.float32)
+    quantized = quantize_ptq(model=model, scheme=X86, calibration=x[:48])
+    example = torch.from_numpy(x[48:49])
+    fp32, int8 = (export(model=m, example_inputs=example, out_dir=tmp_path / name, parity_inputs=x[48:],
+                         formats=("onnx",)) for name, m in (("fp32", model), ("int8", quantized)))
+    assert int8.quantized and int8.gate_passed and int8.graph_rewrites["export_traces"] > 0
+    assert int8.onnx.stat().st_size < 0.7 * fp32.onnx.stat().st_size
+    graph = onnx.load(str(int8.onnx))
+    values = _initializers(graph)
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    weight_dqs = [producers[n.input[1]] for n in graph.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(weight_dqs) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert all(dq.op_type == "DequantizeLinear" and values[dq.input[0]].dtype == np.int8 for dq in weight_dqs)
+    float_values = [name for name, v in values.items() if v.dtype == np.float32 and v.ndim > 1]
+    assert not float_values  # scales only: no float weight beside its int8 copy
+    assert str(Path(exporter.__file__).parents[2]).encode() not in int8.onnx.read_bytes()
+
+
 def test_dynamic_batch_by_default(ptq_export, cnn):
     _, result = ptq_export
     session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
@@ -142,6 +166,8 @@ def test_fp16_overflow_fails_the_gate(tmp_path):
 def test_gate_fails_on_a_corrupted_scale_and_leaves_nothing_valid(cnn, tmp_path, monkeypatch):
     _, quantized, held_out = cnn
     (tmp_path / "model.onnx").write_bytes(b"an older export that no longer matches")
+    # ... with its gate evidence, so it is edgekd's own (a user's file of the same name is never deleted)
+    (tmp_path / "model.export.json").write_text(json.dumps({"gate": "passed", "parity": {}, "int8_executed": {}}))
     real_clean = exporter.clean_qdq_graph
 
     def corrupt_after_clean(graph):

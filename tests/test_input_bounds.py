@@ -313,3 +313,102 @@ def test_check_data_ref_resolves_without_loading(tmp_path):
     os.mkfifo(tmp_path / "pipe.txt")  # opening it would block forever
     with pytest.raises(BadInput, match="not a regular file"):
         check_data_ref(tmp_path / "pipe.txt")
+
+
+# Arrays are bounded by what they occupy once loaded and widened, not by their bytes on disk.
+
+def _header_only_npz(path: Path, **arrays: tuple[str, tuple[int, ...]]) -> Path:
+    """An .npz whose members are .npy headers claiming (dtype, shape), with no data."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, (descr, shape) in arrays.items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+            archive.writestr(f"{name}.npy", header.getvalue())
+    return path
+
+
+def test_narrow_npz_arrays_are_bounded_by_what_they_widen_to(tmp_path):
+    from edgekd.data import MAX_NPZ_BYTES, MAX_NPZ_LOADED_BYTES
+
+    assert MAX_NPZ_LOADED_BYTES == 2 << 30 and 3 * MAX_NPZ_LOADED_BYTES < 24 << 30  # the peak, with the split
+    # 512 MiB of uint8 on disk (a few hundred KB compressed) is 4 GiB as int64
+    path = _header_only_npz(tmp_path / "zeros.npz", x=("|u1", (2**23, 1, 8, 8)))
+    assert 2**23 * 64 < MAX_NPZ_BYTES
+    with pytest.raises(BadInput, match=r"zeros\.npz: arrays 'x' occupy 4\.0 GiB once loaded .*at most 2 GiB"):
+        load_data(path)
+    # float16 becomes float32; int8 labels become int64
+    path = _header_only_npz(tmp_path / "half.npz", x=("<f2", (2**29 + 1,)), y=("|i1", (10,)))  # 1 GiB on disk
+    with pytest.raises(BadInput, match=r"half\.npz: arrays 'x' and 'y' occupy 2\.0 GiB once loaded"):
+        load_data(path)
+    path = _header_only_npz(tmp_path / "labels.npz", x=("|u1", (2**27, 1)), y=("|u1", (2**27 + 1,)))
+    with pytest.raises(BadInput, match=r"labels\.npz: arrays 'x' and 'y' occupy 2\.0 GiB once loaded"):
+        load_data(path)
+
+
+def test_a_compressed_npz_is_refused_before_its_arrays_are_read(tmp_path, monkeypatch):
+    path = tmp_path / "small.npz"
+    np.savez_compressed(path, x=np.zeros((4096, 1, 8, 8), np.uint8), y=np.zeros(4096, np.uint8))
+    assert path.stat().st_size < 10_000
+    monkeypatch.setattr(edgekd.data, "MAX_NPZ_LOADED_BYTES", 4096 * 64 * 8)  # x fits as int64, y tips it over
+    read = []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or real_getitem(self, key))
+    with pytest.raises(BadInput, match=r"small\.npz: arrays 'x' and 'y' occupy 0\.0 GiB once loaded"):
+        load_data(path)
+    assert read == []
+
+
+def test_bench_sample_npz_is_bounded_by_its_widened_arrays(tmp_path):
+    from edgekd.bench.samples import load_samples
+
+    path = _header_only_npz(tmp_path / "inputs.npz", input_ids=("|u1", (2**22, 64)), attention_mask=("|u1", (2**22, 64)))
+    with pytest.raises(BadInput, match=r"inputs\.npz: arrays 'input_ids' and 'attention_mask' occupy 4\.0 GiB once "
+                                       r"loaded .*an \.npz of inputs may occupy at most 2 GiB"):
+        load_samples(data=path)
+
+
+# A prune replay allocates only the shapes the checkpoint's weights or its rebuilt architecture justify.
+
+def _pruned_checkpoint(path: Path, shapes: dict) -> Path:
+    import torch
+
+    from edgekd.checkpoint import FORMAT
+    from edgekd.models import resnet
+
+    torch.save({"format": FORMAT, "factory": "edgekd.models:resnet", "kwargs": {"width": 4}, "meta": {},
+                "transforms": [{"name": "prune", "config": {"shapes": shapes}}],
+                "state_dict": resnet(width=4).state_dict()}, path)
+    return path
+
+
+def test_a_prune_config_asking_for_a_huge_tensor_is_refused_naming_the_key(tmp_path):
+    from edgekd.checkpoint import load_checkpoint
+    from edgekd.models import resnet
+
+    key = next(k for k, v in resnet(width=4).state_dict().items() if v.dim() == 4)
+    for shape, expected in [([20000, 20000, 3, 3], "as its state_dict holds"), ([4, 4, 3], "as its state_dict holds"),
+                            ("big", "must be a list of non-negative integers"), ([-1, 1, 3, 3], "non-negative")]:
+        path = _pruned_checkpoint(tmp_path / "pruned.pt", {key: shape})
+        with pytest.raises(BadInput, match=rf"config\.shapes\['{key}'\].*{expected}"):
+            load_checkpoint(path)
+
+
+def test_a_prune_replay_allocates_at_most_a_documented_number_of_elements(monkeypatch):
+    import torch
+
+    import edgekd.prune.reshape as reshape
+    from edgekd.models import resnet
+
+    assert reshape.MAX_RESIZED_ELEMENTS == 2**30
+    model = resnet(width=4)
+    state = model.state_dict()
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    narrower = [2] + list(state[key].shape[1:])
+    assert reshape.reshape_to_state_dict(resnet(width=4), {"shapes": {key: narrower}}, state).state_dict()[key].shape \
+        == torch.Size(narrower)  # a prune narrows: allowed even where the final weights differ (chained prunes)
+    wider = [8] + list(state[key].shape[1:])
+    with pytest.raises(BadInput, match=rf"config\.shapes\['{key}'\] is \[8, .*no wider than|as its state_dict holds"):
+        reshape.reshape_to_state_dict(resnet(width=4), {"shapes": {key: wider}}, state)
+    monkeypatch.setattr(reshape, "MAX_RESIZED_ELEMENTS", 10)
+    with pytest.raises(BadInput, match=rf"config\.shapes\['{key}'\] brings the resized tensors past 10 elements"):
+        reshape.reshape_to_state_dict(resnet(width=4), {"shapes": {key: narrower}}, state)

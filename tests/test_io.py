@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,66 @@ def test_failed_block_leaves_neither_the_artifact_nor_a_temporary_file_and_flush
     assert calls == []
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
     assert (tmp_path / "model.onnx").read_bytes() == b"the older, complete artifact"
+
+
+def _special_targets(tmp_path):
+    """Paths that exist but are not regular files: a rename over them would replace them."""
+    real = tmp_path / "real.json"
+    real.write_text("keep")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    targets = {"a symlink": [link, dangling], "a directory": [folder]}
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo.json"
+        os.mkfifo(fifo)
+        targets["a FIFO"] = [fifo]
+    if os.path.exists("/dev/null"):
+        targets["a device"] = [Path("/dev/null")]
+    return real, targets
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_and_left_as_it_was(tmp_path):
+    from edgekd.errors import BadInput
+
+    real, targets = _special_targets(tmp_path)
+    for kind, paths in targets.items():
+        for path in paths:
+            before = os.lstat(path)
+            with pytest.raises(BadInput, match=f"{path}: is {kind}; edgekd writes its outputs only as regular files"):
+                io.write_json(path, {"verdict": "pass"})
+            after = os.lstat(path)
+            assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), path
+    assert real.read_text() == "keep"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_a_regular_file_is_still_replaced(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("old")
+    io.write_json(path, {"verdict": "pass"})
+    assert json.loads(path.read_text()) == {"verdict": "pass"}
+
+
+def test_the_bench_json_flag_replaces_neither_a_symlink_nor_a_fifo(tmp_path, run_cli):
+    import torch
+
+    from edgekd.models import resnet
+
+    model = tmp_path / "tiny.onnx"
+    torch.onnx.export(resnet(width=4).eval(), (torch.zeros(1, 1, 8, 8),), str(model), input_names=["x"],
+                      output_names=["logits"], dynamo=False)
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    fifo = tmp_path / "fifo.json"
+    outputs = [link] + ([fifo] if hasattr(os, "mkfifo") and not os.mkfifo(fifo) else [])
+    for out in outputs:
+        target = Path(__file__).resolve().parent.parent / "targets" / "x86-cpu-onnxruntime.yaml"
+        code, _, err = run_cli("bench", str(model), "--target", str(target), "--json", str(out), "--time", "0.1", "--iterations", "2",
+                               "--warmup", "1", "--no-memory")
+        assert code == 2 and "Traceback" not in err and str(out) in err.replace("\n", ""), err
+    assert link.is_symlink() and not (tmp_path / "elsewhere.json").exists()
+    assert not fifo.exists() or stat.S_ISFIFO(os.lstat(fifo).st_mode)

@@ -26,15 +26,15 @@ def profiled(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("profile")
     target = tight_target(tmp, "size-bound", model_size_mb=0.03, latency_p95_ms=1000.0)
-    code = main(["profile", "usermodels:small", "--data", "digits", "-t", str(target), "--out", str(tmp / "out"),
-                 "--trust-factory", "usermodels:small"])
+    code = main(["profile", "profilemodels:small", "--data", "digits", "-t", str(target), "--out", str(tmp / "out"),
+                 "--trust-factory", "profilemodels:small"])
     return code, json.loads((tmp / "out" / "profile.json").read_text()), tmp
 
 
 @pytest.fixture(scope="module", autouse=True)
 def user_models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("usermodels")
-    (folder / "usermodels.py").write_text("from edgekd.models import resnet\n\ndef small():\n"
+    folder = tmp_path_factory.mktemp("profilemodels")
+    (folder / "profilemodels.py").write_text("from edgekd.models import resnet\n\ndef small():\n"
                                           "    return resnet(width=8)\n")
     import sys
 
@@ -61,12 +61,12 @@ def test_the_largest_candidate_within_budget_is_chosen(profiled):
 
 def test_an_impossible_budget_exits_1_naming_the_smallest_candidate(run_cli, tmp_path):
     target = tight_target(tmp_path, "impossible", model_size_mb=0.0001)
-    code, out, _ = run_cli("profile", "usermodels:small", "--data", "digits", "-t", str(target))
+    code, out, _ = run_cli("profile", "profilemodels:small", "--data", "digits", "-t", str(target))
     assert code == 1 and "no candidate meets model_size_mb 0.0001" in out and "would need model_size_mb >= 0.0" in out
 
 
 def test_an_absent_device_is_estimated_never_chosen(run_cli, tmp_path):
-    code, out, _ = run_cli("profile", "usermodels:small", "--data", "digits", "-t", "intel-npu-core-ultra",
+    code, out, _ = run_cli("profile", "profilemodels:small", "--data", "digits", "-t", "intel-npu-core-ultra",
                            "--json", str(tmp_path / "p.json"))
     entry = json.loads((tmp_path / "p.json").read_text())["targets"][0]
     assert code == 1 and entry["chosen"] is None and all(c["estimated"] and not c["fits"] for c in entry["candidates"])
@@ -77,3 +77,24 @@ def test_bad_margin_is_bad_input(run_cli):
     code, _, err = run_cli("profile", "edgekd.models:resnet", "--data", "digits", "-t", "x86-cpu-onnxruntime",
                            "--margin", "1.5")
     assert code == 2 and "margin 1.5" in err
+
+
+@pytest.mark.slow
+def test_compress_with_student_auto_trains_the_student_the_budget_chose(tmp_path):
+    from edgekd.pipeline import compress
+    from edgekd.recipe import Recipe
+
+    # the trained tiny teacher exports to 0.0154 MB as INT8, prune:0.5 to 0.0107, prune:0.75 to 0.0085
+    target = tight_target(tmp_path, "size-bound", model_size_mb=0.0125, latency_p95_ms=1000.0)
+    recipe = Recipe(teacher="tiny_models:trained_teacher", student="auto", data="digits", targets=[str(target)],
+                    out=str(tmp_path / "run"), formats=["onnx"], distill={"epochs": 1, "batch_size": 64},
+                    quant={"epochs": 1, "latency_aware": False},
+                    bench={"time_budget_s": 0.1, "ablation_time_budget_s": 0.05, "min_iterations": 10, "warmup": 2})
+    result = compress(recipe=recipe)
+    budget = result.report["budget"]
+    (entry,) = budget["targets"]
+    assert budget["chosen"] == entry["chosen"] == "prune:0.5"
+    chosen = next(c for c in entry["candidates"] if c["student"] == budget["chosen"])
+    assert result.report["ablation"][2]["params"] == chosen["params"]  # what was measured is what was trained
+    assert "Budget (student: auto)" in (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "plots" / "budget.png").is_file()

@@ -63,7 +63,7 @@ def synthetic_report(*, latency_ok: bool = False) -> dict:
                        class_names=[f"digit {i}" for i in range(10)]),
         "quantization": {"scheme": {"weights": {"dtype": "int8", "symmetric": True, "per_channel": True},
                                     "activations": {"dtype": "uint8", "symmetric": False}},
-                         "float_layers": [{"name": "classifier", "why": "last layer: accuracy-sensitive"}]},
+                         "float_layers": [{"name": "classifier", "reason": "last layer: accuracy-sensitive"}]},
         "prune": {"ratio": 0.5, "params_before": 271_114, "params_after": 68_010,
                   "layers": [{"name": "features.0.conv", "channels_before": 32, "channels_after": 16}]},
         "host": {"arch": "x86_64", "cpu": "Intel(R) Xeon(R) test", "isa": ["avx2", "fma"], "cores": 2},
@@ -133,8 +133,8 @@ def test_targets_deploying_different_students_are_named_as_such(tmp_path):
     run_dir = _write(tmp_path / "run", report)
     render_report(run_dir=run_dir)
     md = (run_dir / "report.md").read_text()
-    assert ("The deployed students (student-kd-qat-int8, student-kd-qat-int8-x86-cpu-per-tensor) meet every SLO "
-            "on all 2 measured target(s)") in md
+    assert ("The deployed students (student-kd-qat-int8: INT8; student-kd-qat-int8-x86-cpu-per-tensor) meet every "
+            "SLO on all 2 measured target(s)") in md  # a student without a row is named, not described
     assert "student-kd-qat-int8 keeps 98.8% of the FP32 teacher's accuracy" in md
     assert "| x86-cpu-per-tensor | student-kd-qat-int8-x86-cpu-per-tensor | yes |" in md  # the "deploys" column
 

@@ -251,6 +251,13 @@ def test_a_collapsed_model_fails_the_gate_and_ships_nothing(run_cli, quantized_c
     ("negated", lambda k, v: -v if k.endswith("weight_quantizer.scale") else v, "must be > 0"),
     ("nan", lambda k, v: torch.full_like(v, float("nan")) if k.endswith("input_quantizer.scale") else v,
      "must be finite"),
+    # a wrong dtype is refused, not cast: 1e9 would wrap into the uint8 zero point, a complex scale lose its part
+    ("float-zero", lambda k, v: torch.full(v.shape, 1e9) if k.endswith("input_quantizer.zero_point") else v,
+     "zero_point: must have dtype torch.uint8 (found torch.float32)"),
+    ("complex-scale", lambda k, v: v.to(torch.complex64) if k.endswith("weight_quantizer.scale") else v,
+     "must be a real floating tensor (found torch.complex64)"),
+    ("int-scale", lambda k, v: torch.ones(v.shape, dtype=torch.int64) if k.endswith("input_quantizer.scale")
+     else v, "must be a real floating tensor (found torch.int64)"),
 ])
 def test_unusable_quantization_parameters_are_refused_at_load(run_cli, quantized_checkpoint, tmp_path, name,
                                                               change, message):
@@ -316,3 +323,50 @@ def test_builtin_factories_are_the_ones_edgekd_ships():
     for ref in BUILTIN_FACTORIES:
         assert callable(resolve_factory(ref)), ref
     assert os.environ.get("EDGEKD_TRUSTED_FACTORIES") is None
+    # the demo teacher trains for minutes and its cache is itself a checkpoint: a file may not name it
+    assert set(BUILTIN_FACTORIES) == {"edgekd.models:resnet", "edgekd.models:mobilenet", "edgekd.hf:sentence_encoder"}
+
+
+def test_a_file_naming_the_demo_teacher_is_refused_but_the_user_may_name_it(tmp_path, monkeypatch):
+    import edgekd.zoo
+
+    path = write_payload(tmp_path / "teacher.pt", factory="edgekd.zoo:digits_teacher", kwargs={})
+    with pytest.raises(BadInput, match="'edgekd.zoo:digits_teacher', which edgekd will not call"):
+        load_checkpoint(path)
+    # a cache file naming it is refused, not loaded recursively
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    from edgekd.data import load_data
+    cached = (edgekd.zoo.cache_dir() / "zoo" /
+              f"digits_teacher-w32-{load_data('digits16').sha256[:12]}-digits16-e20-s0.pt")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    with pytest.raises(BadInput, match="digits_teacher"):
+        edgekd.zoo.digits_teacher()
+    # the user naming it (the recipe's default teacher) still calls it directly
+    monkeypatch.setattr(edgekd.zoo, "digits_teacher", lambda **_: resnet(width=4))
+    assert load_model("edgekd.zoo:digits_teacher").model is not None
+
+
+def test_builtin_resnet_block_counts_are_bounded(tmp_path):
+    from edgekd.factories import MAX_RESNET_BLOCKS
+
+    for blocks in ([10**12, 1, 1], [1, 0, 1], [1, 1, MAX_RESNET_BLOCKS + 1]):
+        path = write_payload(tmp_path / "deep.pt", kwargs={"width": 4, "blocks": blocks})
+        with pytest.raises(BadInput, match=r"deep\.pt: argument 'blocks\.\d' of edgekd.models:resnet"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("factory, shown", [
+    ("\x1b[31mos:system\x1b[0m", r"'\x1b[31mos:system\x1b[0m'"),
+    ("os:sys\x00tem", r"'os:sys\x00tem'"),
+    ("os\u200b:system", r"'os\u200b:system'"),
+    ("a:b:c", "'a:b:c'"),
+    (" os:system", "' os:system'"),
+])
+def test_a_malformed_factory_name_is_escaped_and_never_suggested_to_trust(tmp_path, factory, shown):
+    path = write_payload(tmp_path / "odd.pt", factory=factory, kwargs={})
+    with pytest.raises(BadInput) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert shown in message and "is not a valid factory reference" in message, message
+    assert "--trust-factory" not in message and message.isascii() and "\x00" not in message

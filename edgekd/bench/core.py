@@ -123,15 +123,15 @@ def benchmark(*, model: Union[str, Path], target: Target, inputs: Inputs = None,
     `time_budget_s` has passed. Inputs are `inputs` (samples, batch axis first) or generated
     from the declared shapes with the profile's batch size; `dynamic_dims` sizes other dynamic axes.
     """
-    _check_run_options(warmup, min_iterations, time_budget_s, top_layers)
-    artifact, feeds, result = _prepare(model, target, inputs, dynamic_dims)
+    check_run_options(warmup, min_iterations, time_budget_s, top_layers)
+    artifact, feeds, result = prepare(model, target, inputs, dynamic_dims)
     if not result.available:
         result.estimate = _estimate(artifact, target, feeds, result.warnings)
         result.slo = check_slo(slo=target.slo, figures=result.figures, metric_retention=metric_retention,
                                unavailable_reason=result.reason)
         return result
 
-    config = _session_config(artifact, target, feeds)
+    config = session_config(artifact, target, feeds)
     session = open_session(config)
     try:
         session.bind(feeds.arrays)
@@ -162,10 +162,10 @@ def measure_latency(*, model: Union[str, Path], target: Target, inputs: Inputs =
     """Sync latency percentiles only (no memory probe, no profiling): the cheap figure for tables
     that time every variant on every target. Unavailable targets give `available: False` and None figures.
     """
-    _check_run_options(warmup, min_iterations, time_budget_s)
-    artifact, feeds, result = _prepare(model, target, inputs, dynamic_dims)
+    check_run_options(warmup, min_iterations, time_budget_s)
+    artifact, feeds, result = prepare(model, target, inputs, dynamic_dims)
     if result.available:
-        session = open_session(_session_config(artifact, target, feeds))
+        session = open_session(session_config(artifact, target, feeds))
         try:
             session.bind(feeds.arrays)
             _record_timing(result, time_sync(session.infer, warmup=warmup, min_iterations=min_iterations,
@@ -178,7 +178,7 @@ def measure_latency(*, model: Union[str, Path], target: Target, inputs: Inputs =
             "batch_size": result.batch_size, "warnings": result.warnings}
 
 
-def _check_run_options(warmup: int, min_iterations: int, time_budget_s: float, top_layers: int = 0) -> None:
+def check_run_options(warmup: int, min_iterations: int, time_budget_s: float, top_layers: int = 0) -> None:
     """Bounded before anything runs: `inf`, `nan` or a huge count would hang or overflow the timed loop."""
     if not _whole(warmup, 0, MAX_RUNS):
         raise BadInput(f"timing options: warmup (--warmup) must be a whole number in [0, {MAX_RUNS}], got {warmup!r}")
@@ -197,8 +197,8 @@ def _whole(value, low: int, high: float) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high
 
 
-def _prepare(model, target: Target, inputs: Inputs,
-             dynamic_dims: Optional[dict[str, int]]) -> tuple[Artifact, Feeds, BenchResult]:
+def prepare(model, target: Target, inputs: Inputs,
+            dynamic_dims: Optional[dict[str, int]]) -> tuple[Artifact, Feeds, BenchResult]:
     """Validate the artifact against the target, build the inputs, and start the result."""
     artifact = load_artifact(model)
     if target.runtime == "onnxruntime" and artifact.format != "onnx":
@@ -216,7 +216,7 @@ def _prepare(model, target: Target, inputs: Inputs,
     return artifact, feeds, result
 
 
-def _session_config(artifact: Artifact, target: Target, feeds: Feeds) -> SessionConfig:
+def session_config(artifact: Artifact, target: Target, feeds: Feeds) -> SessionConfig:
     return SessionConfig(
         model=str(artifact.path), runtime=target.runtime, device=target.runtime_device, threads=target.threads,
         static_shapes=feeds.shapes() if target.static_shapes else None, named_dims=dict(feeds.named_dims),

@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-from edgekd.data import MAX_NPZ_BYTES, claimed_npz_bytes, load_data
+from edgekd.data import MAX_NPZ_BYTES, check_npz_memory, load_data
 from edgekd.errors import BadInput
 from edgekd.targets import check_regular_file
 
@@ -24,10 +24,7 @@ def load_samples(*, data: Union[str, Path]) -> Union[np.ndarray, dict[str, np.nd
         check_regular_file(path, max_bytes=MAX_NPZ_BYTES, kind="an .npz of inputs")
         try:
             with np.load(path, allow_pickle=False) as archive:
-                claimed = sum(claimed_npz_bytes(archive, name, path) for name in archive.files)
-                if claimed > MAX_NPZ_BYTES:
-                    raise BadInput(f"{path}: its arrays decompress to {claimed / 2**30:,.1f} GiB; an .npz of inputs "
-                                   f"may hold at most {MAX_NPZ_BYTES >> 30} GiB")
+                check_npz_memory(archive, list(archive.files), path, kind="an .npz of inputs")
                 arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError) as err:
             raise BadInput(f"{path}: not a readable .npz archive: {err}") from None

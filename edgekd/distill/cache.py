@@ -126,5 +126,20 @@ def teacher_cache(teacher: nn.Module, x: np.ndarray, *, taps, collate: Collate |
             except _Overflow as overflow:
                 dtypes[overflow.array] = np.float32
         write_json(directory / "key.json", identity)
-    load = lambda name: np.load(directory / _file_name(name), mmap_mode="r")  # noqa: E731
+    load = lambda name: _cached_array(directory / _file_name(name), samples=len(x))  # noqa: E731
     return TeacherCache(directory, load(OUTPUTS), {name: load(name) for name in wanted[1:]})
+
+
+def _cached_array(path: Path, *, samples: int) -> np.ndarray:
+    """A cached array, memory-mapped, if it is what `_write` writes: float16/32, one row per sample, finite
+    (checked for the outputs-sized arrays a corrupt or foreign file would break training with)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{path}: a damaged teacher-cache file ({err}); delete it to recompute") from None
+    if array.dtype not in (np.float16, np.float32) or array.ndim < 1 or len(array) != samples:
+        raise BadInput(f"{path}: not this teacher cache's array (dtype {array.dtype}, shape {array.shape}; "
+                       f"expected float16/32 with {samples} rows); delete it to recompute")
+    if array.size <= 1 << 24 and not np.isfinite(array).all():
+        raise BadInput(f"{path}: holds NaN/Inf; delete it to recompute")
+    return array

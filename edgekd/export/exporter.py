@@ -3,14 +3,15 @@
 Everything is built in a private temp folder inside `out_dir` and moved into place only after
 the gate passes, so a deploy path never holds an unverified model. A failed gate moves the
 rejected files to `out_dir/rejected/<name>/` (with `gate.json` saying why) for inspection,
-removes any older `<name>.onnx` / `openvino/<name>.*` (they no longer match the model asked
-for), and raises GateFailed.
+removes an earlier export's `<name>.onnx` / `openvino/<name>.*` (they no longer match the model
+asked for; files edgekd did not write are left alone), and raises GateFailed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -431,15 +432,26 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
         rejected.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(work), str(rejected))
         write_json(rejected / "gate.json", evidence)
-        for stale in (out_dir / f"{name}.onnx", out_dir / f"{name}.export.json",
-                      out_dir / "openvino" / f"{name}.xml", out_dir / "openvino" / f"{name}.bin"):
-            stale.unlink(missing_ok=True)
+        if _exported_here_before(out_dir / f"{name}.export.json"):  # never delete what edgekd did not write
+            for stale in (out_dir / f"{name}.onnx", out_dir / f"{name}.export.json",
+                          out_dir / "openvino" / f"{name}.xml", out_dir / "openvino" / f"{name}.bin"):
+                stale.unlink(missing_ok=True)
         raise GateFailed(f"export gate failed for '{name}': {'; '.join(result.problems)} "
                          f"(rejected files kept in {rejected})")
     _publish(work, out_dir, name=name, keep_onnx=keep_onnx, result=result,
              openvino=(ov_dir / f"{name}.xml").is_file())  # ungated (gate=False), a failed conversion has none
     result.report = write_json(out_dir / f"{name}.export.json", evidence)
     return result
+
+
+def _exported_here_before(evidence: Path) -> bool:
+    """Whether `<name>.export.json` is edgekd's gate evidence: then the artifacts beside it are an earlier
+    export's (stale now), never a user's own files of the same name."""
+    try:
+        record = json.loads(evidence.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"gate", "parity", "int8_executed"} <= set(record)
 
 
 def _as_onnx(onnx_path: Path, ov_dir: Path, *, name: str, precision: str) -> Path:

@@ -9,6 +9,8 @@
   the quantizer absorbed the activation. Removing it lets the next QuantizeLinear meet the DQ.
 - drop_requantize_pairs: DequantizeLinear -> QuantizeLinear with identical scale and zero point
   returns the same integers; consumers of the Q read the original integers directly.
+- drop_export_traces: the exporter's debugging annotations (see its docstring); they change no
+  value, only the file's size.
 """
 
 from __future__ import annotations
@@ -138,6 +140,24 @@ def drop_requantize_pairs(model: onnx.ModelProto) -> int:
     return dropped
 
 
+def drop_export_traces(model: onnx.ModelProto) -> int:
+    """Remove the dynamo exporter's annotations (each node's Python stack trace, FX node and module
+    path, the ExportedProgram's graph signature) and the shape records of values no node produces
+    (weights folding removed or turned into initializers, which carry their own type); returns how
+    many were dropped. A QDQ graph has several nodes per quantized layer, so these outweighed the
+    int8 weights: a pruned MobileNet's INT8 file was 0.55 MB against its FP32 export's 0.28 MB.
+    They also wrote the build machine's paths into the artifact and its hash."""
+    live = {name for node in model.graph.node for name in node.output}
+    stale = [info for info in model.graph.value_info if info.name not in live]
+    for info in stale:
+        model.graph.value_info.remove(info)
+    annotated = [model.graph, *model.graph.node, *model.graph.value_info, *model.graph.initializer]
+    dropped = len(stale) + sum(len(item.metadata_props) for item in annotated)
+    for item in annotated:
+        item.ClearField("metadata_props")
+    return dropped
+
+
 def clean_qdq_graph(model: onnx.ModelProto) -> dict:
     """All passes, to a fixed point; returns how many rewrites each made (for the export report)."""
     counts = {"folded": fold_constants(model), "noop_activations": 0, "requantize_pairs": 0}
@@ -146,4 +166,5 @@ def clean_qdq_graph(model: onnx.ModelProto) -> dict:
         counts["noop_activations"] += acts
         counts["requantize_pairs"] += pairs
         if not acts and not pairs:
+            counts["export_traces"] = drop_export_traces(model)
             return counts

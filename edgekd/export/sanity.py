@@ -15,6 +15,11 @@ import numpy as np
 MIN_RETENTION_OF_RECORDED = 0.5
 # Outputs that differ by less than this (relative to their scale) for every input are "constant".
 CONSTANT_TOLERANCE = 1e-6
+# Without a recorded metric the labels alone judge: a classifier of k >= 3 classes that predicts fewer
+# than a third of them, or scores under twice chance (1/k), does not work. Trained digits models
+# score 0.98+ and predict all 10 classes; the tampered checkpoints seen scored 0.08-0.18 on 1-2 classes.
+MIN_PREDICTED_SHARE = 1 / 3
+CHANCE_MULTIPLE = 2.0
 
 
 def task_check(reference: np.ndarray, inputs: tuple[np.ndarray, ...], *, task: str,
@@ -43,9 +48,15 @@ def task_check(reference: np.ndarray, inputs: tuple[np.ndarray, ...], *, task: s
     if len(classes) >= 2 and figures["predicted_classes"] == 1:
         problems.append(f"the model has collapsed: it predicts class {int(predicted[0])} for all {len(predicted)} "
                         f"held-out inputs (the labels have {len(classes)} classes; accuracy {accuracy:.4f})")
+    elif len(classes) >= 3 and figures["predicted_classes"] < MIN_PREDICTED_SHARE * len(classes):
+        problems.append(f"the model has collapsed: it predicts only {figures['predicted_classes']} of the "
+                        f"{len(classes)} classes on {len(predicted)} held-out inputs (accuracy {accuracy:.4f})")
     elif recorded_accuracy is not None and accuracy < MIN_RETENTION_OF_RECORDED * recorded_accuracy:
         problems.append(f"held-out accuracy {accuracy:.4f} is far below the {recorded_accuracy:.4f} the checkpoint "
                         f"recorded (under {MIN_RETENTION_OF_RECORDED:.0%} of it): the model no longer works")
+    elif len(classes) >= 3 and accuracy < CHANCE_MULTIPLE / len(classes):
+        problems.append(f"held-out accuracy {accuracy:.4f} is no better than chance over {len(classes)} classes: "
+                        "the model does not work")
     if recorded_accuracy is not None:
         figures["recorded_accuracy"] = recorded_accuracy
     return figures, problems

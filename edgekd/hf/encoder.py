@@ -214,7 +214,7 @@ def load_hf_encoder(model_dir: str | Path, *, attn_implementation: str = "eager"
         # float32 whatever the stored precision: training, fake quantization and export all start from it
         model = AutoModel.from_pretrained(model_dir, attn_implementation=attn_implementation, dtype=torch.float32,
                                           **SAFE_WEIGHTS)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # RuntimeError: weights that do not fit config.json
         raise BadInput(f"{model_dir}: cannot load the Hugging Face model: {str(err).splitlines()[0][:200]}") from None
     finally:
         hf_logging.enable_progress_bar()

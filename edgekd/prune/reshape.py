@@ -11,6 +11,8 @@ modules rebuilt from Linear layers first, edgekd.nn_swap); everything else comes
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,6 +20,10 @@ from edgekd.errors import BadInput
 from edgekd.nn_swap import swap_attention, swapped_attention
 from edgekd.prune.attention import find_attention, set_heads
 from edgekd.prune.stack import keep_layers
+
+MAX_RESIZED_ELEMENTS = 2**30
+"""Most elements (4 GiB of float32) the tensors a prune replay resizes may hold together: a
+checkpoint's `config.shapes` is the file's word, and a single `[20000, 20000, 3, 3]` asked 14 GB."""
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -36,15 +42,42 @@ def shape_config(model: nn.Module, kept_layers: dict | None = None) -> dict:
     }
 
 
-def _resize_tensors(module: nn.Module, prefix: str, shapes: dict) -> bool:
-    """Give each parameter/buffer of `module` (not its children) its saved shape; True if any changed."""
+def _checked_shape(key: str, saved, tensor: torch.Tensor, state_dict: dict) -> tuple[int, ...]:
+    """The shape `config.shapes` gives `key`, if it may be allocated: the shape of the tensor the
+    checkpoint's own state dict holds for `key` (already in memory), or else no wider than the
+    freshly built tensor in any dimension (a prune only narrows; a chained prune's earlier shapes
+    are wider than the final weights but never than the original). BadInput naming the key otherwise."""
+    if not isinstance(saved, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                       for d in saved):
+        raise BadInput(f"prune transform: config.shapes['{key}'] must be a list of non-negative integers, got {saved!r:.80}")
+    shape = tuple(saved)
+    held = state_dict.get(key)
+    if torch.is_tensor(held) and tuple(held.shape) == shape:
+        return shape
+    if len(shape) != tensor.dim() or any(d > f for d, f in zip(shape, tensor.shape)):
+        expected = f"{list(held.shape)} as its state_dict holds" if torch.is_tensor(held) else \
+            f"no wider than the built {list(tensor.shape)}"
+        raise BadInput(f"prune transform: config.shapes['{key}'] is {list(shape)}; expected {expected}")
+    return shape
+
+
+def _resize_tensors(module: nn.Module, prefix: str, shapes: dict, state_dict: dict, budget: list[int]) -> bool:
+    """Give each parameter/buffer of `module` (not its children) its saved shape; True if any changed.
+    `budget` holds the elements resized so far, bounded by MAX_RESIZED_ELEMENTS."""
     changed = False
     for store in (module._parameters, module._buffers):
         for key, tensor in list(store.items()):
             saved = shapes.get(prefix + key)
-            if tensor is None or saved is None or tuple(saved) == tuple(tensor.shape):
+            if tensor is None or saved is None:
                 continue
-            fresh = torch.empty(tuple(saved), dtype=tensor.dtype, device=tensor.device)
+            shape = _checked_shape(prefix + key, saved, tensor, state_dict)
+            if shape == tuple(tensor.shape):
+                continue
+            budget[0] += math.prod(shape)
+            if budget[0] > MAX_RESIZED_ELEMENTS:
+                raise BadInput(f"prune transform: config.shapes['{prefix + key}'] brings the resized tensors past "
+                               f"{MAX_RESIZED_ELEMENTS:,} elements, the most a prune replay may allocate")
+            fresh = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
             store[key] = nn.Parameter(fresh, requires_grad=tensor.requires_grad) if store is module._parameters else fresh
             changed = True
     return changed
@@ -79,9 +112,13 @@ def reshape_to_state_dict(model: nn.Module, config: dict, state_dict: dict) -> n
         keep_layers(model, path, keep)
     swap_attention(model, names=config.get("attention_swap", ()))
     conv_groups = config.get("conv_groups", {})
-    shapes = config.get("shapes") or {key: value.shape for key, value in state_dict.items()}
+    shapes = config.get("shapes") or {key: list(value.shape) for key, value in state_dict.items()}
+    if not isinstance(shapes, dict):
+        raise BadInput(f"prune transform: config.shapes must be a mapping of tensor names to shapes, "
+                       f"got {type(shapes).__name__}")
+    budget = [0]
     for name, module in model.named_modules():
-        if _resize_tensors(module, f"{name}." if name else "", shapes) or name in conv_groups:
+        if _resize_tensors(module, f"{name}." if name else "", shapes, state_dict, budget) or name in conv_groups:
             _sync_shape_attributes(name, module, conv_groups)
     modules = dict(model.named_modules())
     for name, heads in config.get("attention_heads", {}).items():

@@ -76,10 +76,28 @@ class FakeQuantizer(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        # Loading copies into the buffers, casting whatever arrives: a float zero point of 1e9 would wrap
+        # into a uint8 grid and a complex or integer scale would be cast. Refuse the wrong dtypes first.
+        wrong = self.wrong_dtypes(state_dict, prefix)
+        if wrong:
+            error_msgs.extend(f"{prefix}{problem}" for problem in wrong)
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._enabled, self._frozen = (bool(v) for v in self.flags.tolist())
         error_msgs.extend(f"{prefix}{problem}" for problem in self.invalid_parameters())
+
+    def wrong_dtypes(self, state_dict, prefix: str = "") -> list[str]:
+        """What in `state_dict` would be coerced on loading: a scale that is not a real floating tensor,
+        a zero point whose dtype is not exactly this grid's."""
+        problems = []
+        scale = state_dict.get(f"{prefix}scale")
+        if torch.is_tensor(scale) and not scale.is_floating_point():  # complex and integer tensors are not
+            problems.append(f"scale: quantization scales must be a real floating tensor (found {scale.dtype})")
+        zero = state_dict.get(f"{prefix}zero_point")
+        if torch.is_tensor(zero) and zero.dtype != self.zero_point.dtype:
+            problems.append(f"zero_point: must have dtype {self.zero_point.dtype} (found {zero.dtype})")
+        return problems
 
     def invalid_parameters(self) -> list[str]:
         """What makes these quantization parameters unusable: a step that is not a finite positive number

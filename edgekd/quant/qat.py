@@ -67,8 +67,9 @@ def qat(*, model: nn.Module, data, scheme: QuantScheme, teacher: nn.Module | Non
     """Quantization-aware training of `model` (FP32) distilled from `teacher` (default: `model`).
 
     `config` is an edgekd.distill.DistillConfig (default: `qat_distill_config()`). Returns the
-    fake-quant model (eval mode, ranges and BN frozen, best validation epoch) and distill's
-    per-epoch history. With `out_dir`, distill keeps resumable state under out_dir/checkpoints.
+    fake-quant model (eval mode, ranges and BN frozen, best validation epoch, or the calibrated start
+    when no epoch beats it: then it is the PTQ model, and `QuantReport.kept_calibrated_start` says so)
+    and distill's per-epoch history. With `out_dir`, distill keeps resumable state under out_dir/checkpoints.
     """
     from edgekd.distill import METRICS, distill, evaluate
 

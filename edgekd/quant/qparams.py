@@ -92,8 +92,8 @@ def weight_bits_for_host(scheme: QuantScheme, host: HostInfo | None = None) -> t
     """(bits, why) for weights validated on this host; see the module docstring."""
     host = host or detect_host()
     if _saturates(scheme) and host.arch == "x86_64" and not any(host.has_isa(i) for i in _FAST_INT8_ISA):
-        return 7, (f"7-bit weights: this x86 host has no VNNI/AMX, so u8 x s8 kernels add products in "
-                   f"saturating int16 (ONNX Runtime's reduce_range)")
+        return 7, ("7-bit weights: this x86 host has no VNNI/AMX, so u8 x s8 kernels add products in "
+                   "saturating int16 (ONNX Runtime's reduce_range)")
     return 8, "8-bit weights"
 
 

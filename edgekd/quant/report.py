@@ -22,6 +22,9 @@ class QuantReport:
     float_layers: list[dict]
     uncalibrated: list[str] = field(default_factory=list)
     latency: dict | None = None
+    # QAT returned its calibrated (PTQ) start because no epoch beat it on validation: the model is PTQ,
+    # not QAT-trained. None where no QAT ran (PTQ, or a model kept float).
+    kept_calibrated_start: bool | None = None
 
     @classmethod
     def of(cls, model: nn.Module) -> "QuantReport":
@@ -39,7 +42,7 @@ class QuantReport:
                    weight_bits_reason=plan["weight_bits_reason"], observer=plan["observer"], lsq=plan["lsq"],
                    graph=plan["graph"], quantized=quantized,
                    float_layers=list(plan["float"]), uncalibrated=list(plan.get("uncalibrated", [])),
-                   latency=plan.get("latency"))
+                   latency=plan.get("latency"), kept_calibrated_start=plan.get("qat", {}).get("kept_calibrated_start"))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +56,8 @@ class QuantReport:
             f"({self.observer} observer{', LSQ' if self.lsq else ''}; {self.weight_bits_reason})",
             f"placement from {self.graph}; {sum(1 for q in self.quantized if q['bn'])} batch norms folded",
         ]
+        if self.kept_calibrated_start:
+            lines.append("QAT kept its calibrated start: no QAT epoch beat it on validation, so this is the PTQ model")
         lines += [f"float: {f['name']}: {f['reason']}" for f in self.float_layers]
         lines += [f"uncalibrated (never ran, left float): {name}" for name in self.uncalibrated]
         return "\n".join(lines)

@@ -154,6 +154,39 @@ def _speedups(report: dict) -> dict[str, float]:
             if _is_number(t_lat[name]) and _is_number(s_lat.get(name)) and s_lat[name] > 0}
 
 
+def _runs_as(report: dict, variant: str) -> tuple[str | None, str | None] | None:
+    """What a deployed student really runs, from its ablation / deployables row, as (precision, detail):
+    ("INT8", None), ("FP32", None), ("INT8", "18 of 20 layers INT8"), or (None, "mostly float: 2 of 20 layers
+    INT8"): a quantized student that keeps most layers float is never called INT8. None without a row."""
+    row = next((r for r in report["ablation"] + (report.get("deployables") or []) if r["variant"] == variant), None)
+    if not row or not row.get("precision"):
+        return None
+    precision = str(row["precision"]).upper()
+    layers = row.get("int8_layers") or {}
+    int8, total = layers.get("int8"), layers.get("total")
+    if precision != "INT8" or not (_is_number(int8) and _is_number(total)) or int8 >= total:
+        return precision, None
+    if 2 * int8 < total:
+        return None, f"mostly float: {int8} of {total} layers INT8"
+    return precision, f"{int8} of {total} layers INT8"
+
+
+def _student(report: dict, variant: str) -> str:
+    """"The INT8 student (student-kd-qat-int8)", "The student (student-kd-qat-int8, mostly float: 2 of 20 layers
+    INT8)", or "The deployed student (name)" when the report has no row for it."""
+    runs = _runs_as(report, variant)
+    if runs is None:
+        return f"The deployed student ({variant})"
+    precision, detail = runs
+    return f"The {precision + ' ' if precision else ''}student ({', '.join(x for x in (variant, detail) if x)})"
+
+
+def _label(report: dict, variant: str) -> str:
+    """"student-kd-qat-int8: INT8", one of a list of deployed students."""
+    runs = _runs_as(report, variant)
+    return f"{variant}: {', '.join(x for x in runs if x)}" if runs else variant
+
+
 def _latency_targets(report: dict) -> list[str]:
     """Target names with ablation latencies, in report["targets"] order, then any others."""
     names = [t["name"] for t in report["targets"]]
@@ -212,14 +245,17 @@ class _Renderer:
         report = self.report
         measured = [t for t in report["targets"] if t["available"]]
         absent = [t for t in report["targets"] if not t["available"]]
-        who = f"The INT8 student ({DEPLOYABLE})" if _ablation_row(report, DEPLOYABLE) else "The student"
         meets, does, it = "meets", "does", "It"
         root = report.get("deployed") or DEPLOYABLE
-        deployed = sorted({t["variant"] for t in (measured or report["targets"]) if t.get("variant")})
+        deployed = sorted({t["variant"] for t in (measured or report["targets"]) if t.get("variant")}) \
+            or ([DEPLOYABLE] if _ablation_row(report, DEPLOYABLE) else [])
         if len(deployed) > 1:  # targets of different precisions or INT8 schemes deploy different students
-            who, meets, does, it = f"The deployed students ({', '.join(deployed)})", "meet", "do", root
-        elif deployed and deployed[0] != DEPLOYABLE:  # e.g. only fp16 targets: the FP16 student
-            who = f"The deployed student ({deployed[0]})"
+            who = f"The deployed students ({'; '.join(_label(report, v) for v in deployed)})"
+            meets, does, it = "meet", "do", root
+        elif deployed:
+            who = _student(report, deployed[0])
+        else:
+            who = "The student"
         if not measured:
             verdict = f"{who} was not measured on any target here, so no SLO verdict is given."
         else:
@@ -238,8 +274,9 @@ class _Renderer:
             sentences.append(f"{it} keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
         speedups = _speedups(report)
         if speedups:
-            sentences.append("p50 speed-up vs the FP32 teacher: "
-                             + ", ".join(f"{v:.2f}x on {k}" for k, v in speedups.items()) + ".")
+            tie = set(report.get("speedup_within_noise") or [])
+            sentences.append("p50 speed-up vs the FP32 teacher: " + ", ".join(
+                f"{v:.2f}x on {k}" + (" (within timing noise)" if k in tie else "") for k, v in speedups.items()) + ".")
         blocks: list[Block] = [Paragraph(" ".join(sentences), emphasis=True)]
         if report.get("notes"):
             blocks.append(Bullets([f"Note: {note}" for note in report["notes"]]))
@@ -305,13 +342,17 @@ class _Renderer:
         blocks: list[Block] = [
             Heading(2, "Targets (deployed student)"),
             Paragraph("Each target deploys the student in its precision: INT8 targets a QAT student in the scheme "
-                      "their kernels want, fp16 targets the KD student in FP16, fp32 targets the FP32 KD student. "
+                      "their kernels want, fp16 targets the KD student in FP16, fp32 targets the FP32 KD student; "
+                      "an INT8 target whose INT8 student ran clearly slower than the FP32 KD student (interleaved "
+                      "rounds whose spreads do not overlap) deploys the FP32 KD student. "
                       "The run root's model.onnx is what the first target deploys."),
             Table(["target", "deploys", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
                    "executed precision", "SLO"], rows),
         ]
         for t in self.report["targets"]:
             blocks.append(Heading(3, f"{t['name']}: {t['slo']['verdict']}"))
+            if t.get("note"):
+                blocks.append(Paragraph(str(t["note"])))
             if not t["available"]:
                 blocks.append(Paragraph(f"Not measured: {t.get('reason') or 'device absent'}."))
                 estimate = t.get("estimate")
@@ -440,10 +481,16 @@ class _Renderer:
         float_layers = quant.get("float_layers")
         if float_layers:
             blocks += [Paragraph("Layers kept in floating point:"),
-                       Table(["layer", "why"], [[str(f["name"]), str(f.get("why", _MISSING))] for f in float_layers])]
+                       Table(["layer", "why"], [[str(f["name"]), str(f.get("reason", _MISSING))] for f in float_layers])]
         elif "float_layers" in quant:
             blocks.append(Paragraph("Every quantizable layer runs in INT8."))
-        rest = {k: v for k, v in quant.items() if k not in ("scheme", "float_layers")}
+        kept = quant.get("kept_calibrated_start")
+        if kept is not None:  # None: no QAT ran (PTQ, or the model stayed float)
+            blocks.append(Paragraph(
+                "QAT+KD kept its calibrated start: no QAT epoch beat the post-training-quantized model on "
+                "validation, so this INT8 model is PTQ (calibration only), not QAT-trained." if kept else
+                "QAT+KD beat its calibrated (PTQ) start on validation: this INT8 model is the best QAT epoch."))
+        rest = {k: v for k, v in quant.items() if k not in ("scheme", "float_layers", "kept_calibrated_start")}
         return blocks + (_generic(rest) if rest else [])
 
     def prune(self) -> list[Block]:
@@ -471,6 +518,18 @@ class _Renderer:
         return blocks + [Bullets(items), Paragraph("edgekd check RUN_DIR verifies these hashes and flags a changed "
                                                    "teacher or data snapshot as stale.")]
 
+    def budget(self) -> list[Block]:
+        """`student: auto`: which student the measured budget chose, per target, with the plot."""
+        budget = self.report.get("budget")
+        if not budget:
+            return []
+        sentences = [f"{entry['target']}: {entry['reason']}" for entry in budget["targets"]]
+        plot = self.plot("budget.png", plots.plot_budget, targets=[
+            {"name": e["target"], "available": e["available"], "chosen": e["chosen"], "budget": e["budget"],
+             "candidates": e["candidates"]} for e in budget["targets"]])
+        return [Heading(2, "Budget (student: auto)"), Paragraph(f"Chosen: {budget['reason']}."), Bullets(sentences),
+                Image(plot, "p95 latency vs parameters of every candidate, per target")]
+
     def host(self) -> list[Block]:
         host = self.report.get("host")
         if not host:
@@ -493,7 +552,8 @@ class _Renderer:
         blocks: list[Block] = [Heading(1, title)] + ([Paragraph(meta)] if meta else [])
         for key, build in (("headline", self.headline), ("ablation", self.ablation), ("targets", self.targets),
                            ("targets", self.failures), ("parity", self.parity), ("training", self.training),
-                           ("audit", self.audit), ("quantization", self.quantization), ("prune", self.prune),
+                           ("audit", self.audit), ("quantization", self.quantization), ("budget", self.budget),
+                           ("prune", self.prune),
                            ("manifest", self.manifest), ("host", self.host)):
             blocks += self.section(key, build)
         return title, blocks

@@ -80,6 +80,7 @@ class Report(_Open):
     audit: Optional[dict] = None
     quantization: Optional[dict] = None
     prune: Optional[dict] = None
+    budget: Optional[dict] = None  # student: auto: the choice and, per target, the measured candidates
     notes: list[str] = []
     host: Optional[dict] = None
 

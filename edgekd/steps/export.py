@@ -1,38 +1,90 @@
 """Step 4: every variant exported the same way (ONNX, QDQ where quantized, FP16 for fp16 targets, and
-OpenVINO IR), each behind the export gate."""
+OpenVINO IR), each behind the export gate; and the run root's copy of what the first target deploys."""
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
-from edgekd.steps.context import Artifact, Context, Variant
+from edgekd.errors import BadInput
+from edgekd.io import atomic_path
 from edgekd.report.schema import FP16_VARIANT, VARIANTS
+from edgekd.steps.context import Artifact, Context, Variant
 
 
 def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Artifact]:
-    """Every variant exported the same way; the first target's deployable goes to the run root, the
-    rest to variants/<name>/, each deployed student with its family's extras (text: the Optimum folder, hf/)."""
+    """Every variant exported the same way to variants/<name>/, each student a target may deploy with its
+    family's extras (text: the Optimum folder, hf/). The run root gets its copy once step 5 has settled what
+    the first target deploys (`publish_root`)."""
     from edgekd.export import export
 
     artifacts = {}
     for name, variant in variants.items():
-        out_dir = ctx.run.out if name == ctx.plan.primary else ctx.run.out / "variants" / name
+        out_dir = _variant_dir(ctx, name)
         precision = "fp16" if name == FP16_VARIANT else "fp32"
 
         def run_export(variant=variant, out_dir=out_dir, name=name, precision=precision) -> dict:
             result = export(model=ctx.family.export_view(variant.model), out_dir=out_dir,
                             formats=_formats(ctx, name), precision=precision,
                             **ctx.family.export_inputs(static_shapes=ctx.plan.static_shapes))
-            if name in ctx.plan.deployed:
+            if name in ctx.plan.may_deploy:
                 ctx.family.write_deployable_extras(out_dir=out_dir, model=variant.model, export_result=result)
-            return {"onnx": str(result.onnx), "openvino": str(result.openvino_xml) if result.openvino_xml else None,
+            return {"onnx": _in_run(ctx, result.onnx), "openvino": _in_run(ctx, result.openvino_xml),
                     "parity": result.parity, "int8_executed": result.int8_executed, "precision": result.precision}
 
         done = ctx.run.value(f"export:{name}", run_export)
-        artifacts[name] = Artifact(name, Path(done["onnx"]), Path(done["openvino"]) if done["openvino"] else None,
-                                   done["parity"], done["int8_executed"], variant.model, variant.info,
-                                   done.get("precision", "fp32"))  # runs exported before FP16 existed
+        onnx, openvino = _recorded(ctx, name, done)
+        artifacts[name] = Artifact(name, onnx, openvino, done["parity"], done["int8_executed"], variant.model,
+                                   variant.info, done.get("precision", "fp32"))  # runs exported before FP16 existed
     return artifacts
+
+
+def _in_run(ctx: Context, path: Path | None) -> str | None:
+    """A path as the run state records it: relative to the run folder, so a moved, copied or
+    differently spelled run folder resumes from its own files."""
+    return Path(path).resolve().relative_to(ctx.run.out.resolve()).as_posix() if path else None
+
+
+def _recorded(ctx: Context, stage: str, done: object) -> tuple[Path, Path | None]:
+    """The artifact paths a finished export stage recorded, checked: a tampered or foreign state.json
+    never points the benchmark at a file outside this run (exit 2, not a crash)."""
+    problem = None
+    if not isinstance(done, dict) or not isinstance(done.get("onnx"), str) or not isinstance(
+            done.get("parity"), dict) or not isinstance(done.get("int8_executed"), dict):
+        problem = "its record lacks the exported files or their checks"
+    else:
+        paths = [done["onnx"]] + ([done["openvino"]] if done.get("openvino") else [])
+        root = ctx.run.out.resolve()
+        for text in paths:
+            path = (root / text).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                problem = f"it names {text!r}, which is not a file of this run"
+                break
+    if problem:
+        raise BadInput(f"{ctx.run.path}: cannot resume stage 'export:{stage}': {problem}; run without --resume "
+                       "to start over")
+    root = ctx.run.out
+    return root / done["onnx"], (root / done["openvino"]) if done.get("openvino") else None
+
+
+def publish_root(ctx: Context, artifact: Artifact) -> Artifact:
+    """Copy `artifact`'s folder (model.onnx, openvino/, the family's extras) into the run root, each file
+    atomically, and return the artifact as found there. A copy, not the export itself: which student the
+    first target deploys is only known once step 5 has timed the INT8 student against its FP32 self."""
+    source = _variant_dir(ctx, artifact.variant)
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        with atomic_path(ctx.run.out / path.relative_to(source)) as tmp:
+            shutil.copyfile(path, tmp)
+
+    def in_root(path: Path | None) -> Path | None:
+        return ctx.run.out / path.relative_to(source) if path else None
+
+    return dataclasses.replace(artifact, onnx=in_root(artifact.onnx), openvino=in_root(artifact.openvino))
+
+
+def _variant_dir(ctx: Context, name: str) -> Path:
+    return ctx.run.out / "variants" / name
 
 
 def _formats(ctx: Context, name: str) -> tuple[str, ...]:

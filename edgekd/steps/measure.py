@@ -1,17 +1,22 @@
 """Step 5: every exported variant scored on the same held-out data and timed on every available target,
-and each target's full benchmark of what it deploys."""
+what each target deploys settled (an INT8 student never slower than its FP32 self), and each target's full
+benchmark of that."""
 
 from __future__ import annotations
 
 from edgekd.steps.context import Artifact, Context
-from edgekd.report.schema import TEACHER_FP32
+from edgekd.steps.export import publish_root
+from edgekd.report.schema import KD_FP32, TEACHER_FP32
+from edgekd.targets import Target
 
 
 def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
-    """Metric of every exported variant on the same held-out data, its latency on every target,
-    and the full benchmark on every target (absent ones: not-measured) of what that target deploys:
-    the INT8 student, or for an fp16 / fp32 target the KD student in that precision."""
-    from edgekd.bench import benchmark, measure_latency, predict
+    """Metric of every exported variant on the same held-out data; its latency on every available target, all
+    variants of a target timed in the same interleaved rounds (edgekd.bench.time_interleaved); and the full
+    benchmark on every target (absent ones: not-measured) of what that target deploys: the INT8 student, or
+    for an fp16 / fp32 target the KD student in that precision, or the FP32 KD student where the INT8 one
+    measured clearly slower. The run root gets a copy of what the first target deploys."""
+    from edgekd.bench import ROUNDS, benchmark, predict, time_interleaved
 
     b = ctx.recipe.bench
     inputs, sample = ctx.family.runtime_inputs()
@@ -19,21 +24,43 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
     metrics = {name: ctx.family.metric(pred, predictions[TEACHER_FP32]) for name, pred in predictions.items()}
     latency = {name: {} for name in artifacts}
     for target in ctx.plan.available:
-        for name, artifact in artifacts.items():
-            ctx.console.print(f"      timing {name} on {target.name}")
-            latency[name][target.name] = measure_latency(model=artifact.for_target(target), target=target,
-                                                         inputs=sample, time_budget_s=b.ablation_time_budget_s)
+        ctx.console.print(f"      timing {len(artifacts)} variants on {target.name}, {ROUNDS} interleaved rounds")
+        timed = time_interleaved(models={name: a.for_target(target) for name, a in artifacts.items()}, target=target,
+                                 inputs=sample, rounds=ROUNDS, round_time_s=b.ablation_time_budget_s / ROUNDS)
+        for name, figures in timed.items():
+            latency[name][target.name] = figures
+        _never_slower_than_fp32(ctx, artifacts, timed, target)
+
     def retention(name: str) -> float:
         return metrics[name]["value"] / metrics[TEACHER_FP32]["value"]
 
+    root = publish_root(ctx, artifacts[ctx.plan.primary])
     full = []
     for target in ctx.plan.targets:
-        deployed = artifacts[ctx.plan.deployed_variant(target)]
-        ctx.console.print(f"      full benchmark of {deployed.variant} on {target.name}")
+        name = ctx.plan.deployed_variant(target)
+        deployed = root if name == root.variant else artifacts[name]  # the run root's copy, where it holds this one
+        ctx.console.print(f"      full benchmark of {name} on {target.name}")
         entry = benchmark(model=deployed.for_target(target), target=target, inputs=sample, warmup=b.warmup,
                           min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
-                          metric_retention=retention(deployed.variant)).to_dict()
-        full.append({**entry, "variant": deployed.variant,
-                     "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix()})
+                          metric_retention=retention(name)).to_dict()
+        note = ctx.plan.fp32_instead.get(target.name)
+        full.append({**entry, "variant": name,
+                     "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix(),
+                     **({"note": note} if note else {})})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
             "retention": retention(ctx.plan.primary)}
+
+
+def _never_slower_than_fp32(ctx: Context, artifacts: dict[str, Artifact], timed: dict, target: Target) -> None:
+    """Where `target` deploys an INT8 student and the FP32 KD student ran clearly faster in the same interleaved
+    rounds, the target deploys the FP32 student: the quantizer's latency choice was made on the untrained
+    structure, before QAT, and only this comparison sees the whole exported deployable."""
+    from edgekd.bench import clearly_faster
+
+    name = ctx.plan.deployed_variant(target)
+    if name not in ctx.plan.int8_variants() or artifacts[name].executed_precision != "int8":
+        return
+    int8, fp32 = timed[name], timed[KD_FP32]
+    if clearly_faster(fp32, int8):
+        ctx.plan.deploy_fp32(target, f"INT8 {int8.describe()} vs FP32 {fp32.describe()} on {target.name}: "
+                                     f"deploys the FP32 student ({KD_FP32})")

@@ -1,5 +1,6 @@
 """Target planning: which INT8 scheme(s) the run trains for, the channel rounding every target
-accepts, and what each target deploys (the QAT student in its scheme, or the KD student in FP16 / FP32)."""
+accepts, and what each target deploys (the QAT student in its scheme, or the KD student in FP16 / FP32;
+an INT8 target whose INT8 student measures clearly slower than the FP32 KD student deploys the latter)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class TargetPlan:
     channel_multiple: int
     static_shapes: bool
     notes: list[str] = field(default_factory=list)
+    fp32_instead: dict[str, str] = field(default_factory=dict)  # INT8 target name -> why it deploys the FP32 KD student
 
     @property
     def int8_target(self) -> Target | None:
@@ -33,11 +35,17 @@ class TargetPlan:
         groups = self.int8_groups or [[]]
         return {DEPLOYABLE if i == 0 else f"{DEPLOYABLE}-{group[0].name}": group for i, group in enumerate(groups)}
 
+    def deploy_fp32(self, target: Target, why: str) -> None:
+        """`target` deploys the FP32 KD student after all: its INT8 student measured clearly slower (step 5)."""
+        self.fp32_instead[target.name] = why
+        self.notes.append(why)
+
     def deployed_variant(self, target: Target) -> str:
-        """What `target` deploys: the QAT student in its scheme, or the KD student in FP16 / FP32."""
+        """What `target` deploys: the QAT student in its scheme, or the KD student in FP16 / FP32 (also where
+        step 5 measured the INT8 student clearly slower)."""
         if target.precision == "fp16":
             return FP16_VARIANT
-        if target.precision == "fp32":
+        if target.precision == "fp32" or target.name in self.fp32_instead:
             return KD_FP32
         return next(name for name, group in self.int8_variants().items() if target in group)
 
@@ -49,6 +57,11 @@ class TargetPlan:
     @property
     def deployed(self) -> set[str]:
         return {self.deployed_variant(t) for t in self.targets}
+
+    @property
+    def may_deploy(self) -> set[str]:
+        """What the targets deploy, plus the FP32 KD student any INT8 target falls back to when INT8 loses."""
+        return self.deployed | ({KD_FP32} if self.int8_groups else set())
 
     @property
     def scheme(self) -> QuantScheme:

@@ -28,10 +28,12 @@ def _size_mb(artifact: Artifact) -> float:
 
 
 def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *, started: float) -> dict:
+    from edgekd.bench import differ
     from edgekd.report import audit, build_manifest, render_report, write_manifest
 
     out = ctx.run.out
     primary = ctx.plan.primary
+    latency = measured["latency"]  # variant -> target -> edgekd.bench.RoundTimes
 
     def row(name: str) -> dict:
         artifact = artifacts[name]
@@ -39,13 +41,16 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
             "size_mb": round(_size_mb(artifact), 4),
             "precision": artifact.executed_precision,
+            **_int8_layers(artifact),
             "artifact": str(artifact.onnx.relative_to(out)),
-            "latency_p50_ms": {t: m["p50"] for t, m in measured["latency"][name].items()},
-            "latency_p95_ms": {t: m["p95"] for t, m in measured["latency"][name].items()},
+            "latency_p50_ms": {t: m.p50 for t, m in latency[name].items()},
+            "latency_p95_ms": {t: m.p95 for t, m in latency[name].items()},
+            "latency_spread_ms": {t: list(m.spread) for t, m in latency[name].items()},  # quartiles of round p50s
         }
 
-    teacher_p50 = {t: m["p50"] for t, m in measured["latency"][TEACHER_FP32].items()}
-    final_p50 = {t: m["p50"] for t, m in measured["latency"][primary].items()}
+    # Each measured target's speed-up is of what it deploys, and says when the rounds cannot tell it from 1x.
+    versus = {t.name: (latency[TEACHER_FP32][t.name], latency[ctx.plan.deployed_variant(t)][t.name])
+              for t in ctx.plan.available}
     preds = measured["predictions"]
     report = Report.model_validate({
         "edgekd_version": __version__,
@@ -61,7 +66,8 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "parity": artifacts[primary].parity,
         "int8_executed": artifacts[primary].int8_executed,
         "retention": measured["retention"],
-        "speedup_vs_teacher": {t: teacher_p50[t] / final_p50[t] for t in final_p50 if final_p50[t]},
+        "speedup_vs_teacher": {t: teacher.p50 / student.p50 for t, (teacher, student) in versus.items() if student.p50},
+        "speedup_within_noise": [t for t, (teacher, student) in versus.items() if not differ(teacher, student)],
         "training": {name: _curves(artifact.info["history"]) for name, artifact in artifacts.items()
                      if artifact.info.get("history") and name != FP16_VARIANT},  # FP16: the KD student's curves
         "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds[TEACHER_FP32], student_pred=preds[primary])
@@ -69,7 +75,8 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "quantization": {"scheme": ctx.plan.scheme.model_dump(), "scheme_source": ctx.plan.scheme_source,
                          **artifacts[DEPLOYABLE].info.get("quantization", {})},
         "prune": ctx.run.stages.get("student", {}).get("info", {}).get("prune"),
-        "notes": ctx.plan.notes + _teacher_notes(measured["metrics"]),
+        "budget": ctx.run.stages.get("budget", {}).get("info"),
+        "notes": ctx.plan.notes + _teacher_notes(measured["metrics"]) + _budget_notes(ctx, measured["targets"]),
         "host": detect_host().as_dict(),
     }).model_dump(mode="json")
     write_json(out / "report.json", report)
@@ -82,6 +89,39 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
     write_manifest(run_dir=out, manifest=manifest)
     render_report(run_dir=out)
     return report
+
+
+def _int8_layers(artifact: Artifact) -> dict:
+    """{"int8_layers": {"int8": k, "total": n}} for a quantized variant: how many of its compute layers its
+    quantization report lists as INT8 (the rest stay float), so the report can say what really runs."""
+    quantization = artifact.info.get("quantization")
+    if not quantization:
+        return {}
+    int8 = len(quantization["quantized"])
+    return {"int8_layers": {"int8": int8, "total": int8 + len(quantization["float_layers"])}}
+
+
+def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
+    """`student: auto` met the latency budget but the quality floor failed: the two conflict, said plainly."""
+    budget = ctx.run.stages.get("budget", {}).get("info")
+    if not budget:
+        return []
+    notes = []
+    for entry in targets:
+        failed = {c["key"]: c for c in entry["slo"]["checks"] if c.get("ok") is False}
+        if set(failed) != {"min_metric_retention"}:
+            continue
+        check = failed["min_metric_retention"]
+        profiled = next((t for t in budget["targets"] if t["target"] == entry["name"]), None)
+        params = {c["student"]: c["params"] for c in (profiled or {}).get("candidates", [])}
+        larger = [c for c in (profiled or {}).get("candidates", [])
+                  if c["student"] != "teacher" and c["params"] > params.get(budget["chosen"], 0)]
+        next_up = min(larger, key=lambda c: c["params"]) if larger else None
+        notes.append(f"{entry['name']}: the budget and the quality floor conflict: {budget['chosen']} meets the latency "
+                     f"budget but keeps {check['value']:.3f} of the teacher's metric, under the floor {check['limit']}"
+                     + (f"; the next larger candidate, {next_up['student']}, measured p95 {next_up['latency_p95_ms']:.3f} "
+                        "ms" if next_up else "; no larger candidate fits"))
+    return notes
 
 
 def _teacher_notes(metrics: dict) -> list[str]:

@@ -10,6 +10,7 @@ import copy
 
 from torch import nn
 
+from edgekd.steps.budget import AUTO, choose_student
 from edgekd.steps.context import Context, Variant, stored
 from edgekd.report.schema import DEPLOYABLE, KD_FP32, NO_KD, TEACHER_INT8
 from edgekd.targets import Target
@@ -18,10 +19,13 @@ from edgekd.targets import Target
 # ---- 1. prune ---------------------------------------------------------------------------------
 
 def make_student(ctx: Context) -> Variant:
-    """The student the recipe names: `prune:R` / `layers:N` of the teacher (the family makes it), or a
-    given checkpoint / factory, built under the run's seed."""
+    """The student the recipe names: `prune:R` / `layers:N` of the teacher (the family makes it), the one
+    `auto` picks from latency measured on the targets, or a given checkpoint / factory, built under the
+    run's seed."""
     spec = ctx.recipe.student
     ctx.family.check_model_takes_data(f"teacher '{ctx.recipe.teacher}'", f"--data '{ctx.recipe.data}'")
+    if spec == AUTO:
+        spec = choose_student(ctx)
 
     def build() -> Variant:
         kind = spec.partition(":")[0]

@@ -11,12 +11,15 @@ ResNet-32 measured 1.3-1.5x SLOWER in INT8 on ONNX Runtime (each pays a NCHW->NH
 and Q/DQ at both edges), while the whole INT8 model ran 1.5x FASTER than FP32 (a chain of
 QLinearConvs stays in NHWC uint8). Single layers would have left the CNN float. So: time the
 FP32 model and the all-INT8 model; then, smallest kinds first, leave one more kind float and
-keep that only if the model gets clearly faster (by more than `margin`, 5%); finally, if INT8 with those choices
-is measurably slower than FP32 (by more than `margin`), the whole model stays float, so the quantized
-student is never slower than its FP32 self on a measured target beyond timing noise. Each timing is the min over interleaved rounds of
-p50s (edgekd.bench.measure_latency), which damps noise from a shared machine. Targets this host
-cannot run are not measured: their layers stay INT8 (the profile says the device's kernels want
-it) and the choice says why it is unmeasured.
+keep that only if the model gets clearly faster; finally, if INT8 with those choices is clearly
+slower than FP32, the whole model stays float. Every comparison is edgekd.bench's interleaved
+harness (`time_interleaved`; `clearly_faster`: the rounds' interquartile bands do not overlap and
+the p50s differ by more than 5%), so a load spike on a shared machine cannot decide it; a tie keeps
+INT8 (a quarter of the weight bytes).
+This is measured on the untrained structure before QAT; step 5 of `compress` checks the trained,
+exported student against its FP32 self again. Targets this host cannot run are not measured:
+their layers stay INT8 (the profile says the device's kernels want it) and the choice says why
+it is unmeasured.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +41,9 @@ from edgekd.quant.plan import check_skip, layer_kind, make_plan
 from edgekd.quant.prepare import calibrate, prepare
 from edgekd.quant.qparams import weight_bits_for_target
 from edgekd.targets import Target, availability
+
+if TYPE_CHECKING:
+    from edgekd.bench import RoundTimes
 
 # A GEMM this small (weights) is dominated by quantize/dequantize overhead on most runtimes.
 SMALL_GEMM_WEIGHTS = 16384
@@ -75,17 +82,13 @@ def _record_shapes(model: nn.Module, names: list[str], example: tuple) -> dict[s
 
 
 def _time_variants(paths: list[Path], feeds: dict[str, np.ndarray], target: Target, rounds: int,
-                   budget_s: float) -> list[float]:
-    """Latency (ms) of each artifact: min over interleaved rounds of its p50."""
-    from edgekd.bench import measure_latency
+                   round_time_s: float) -> list[RoundTimes]:
+    """The artifacts' figures from one interleaved comparison (edgekd.bench.time_interleaved), in the order given."""
+    from edgekd.bench import time_interleaved
 
-    best = [float("inf")] * len(paths)
-    for _ in range(rounds):
-        for i, path in enumerate(paths):
-            timing = measure_latency(model=path, target=target, inputs=feeds, warmup=5, min_iterations=20,
-                                     time_budget_s=budget_s)
-            best[i] = min(best[i], timing["p50"])
-    return best
+    timed = time_interleaved(models={str(i): path for i, path in enumerate(paths)}, target=target, inputs=feeds,
+                             rounds=rounds, round_time_s=round_time_s, warmup=5)
+    return [timed[str(i)] for i in range(len(paths))]
 
 
 def _artifact(model: nn.Module, example: tuple, work: Path, stem: str, target: Target) -> Path:
@@ -103,11 +106,12 @@ def _quantized_copy(model: nn.Module, example: tuple, scheme, bits: int, skip) -
     return quantized.eval()
 
 
-def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs, skip=(), rounds: int = 3,
-                             time_budget_s: float = 0.3, margin: float = 0.05) -> LayerChoice:
+def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs, skip=(), rounds: int = 21,
+                             time_budget_s: float = 0.03) -> LayerChoice:
     """Decide per layer kind whether INT8 is faster on `target`, in the context of the whole model;
     see the module docstring. `example_inputs`: one input batch (tensor or tuple), re-batched to the
-    profile's batch size. A kind is left float only if that makes the model faster by > `margin`.
+    profile's batch size. Each comparison runs `rounds` interleaved rounds of `time_budget_s` timed
+    seconds per artifact (by default edgekd.bench.ROUNDS rounds, about 0.6 s per artifact).
     """
     if not isinstance(target, Target):
         raise BadInput(f"target must be an edgekd Target (edgekd.targets.load_target), got {type(target).__name__}")
@@ -128,6 +132,8 @@ def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs
     if not available:
         choice.reason = f"not measured: {why}"
         return choice
+
+    from edgekd.bench import clearly_faster
 
     float_model = copy.deepcopy(model).eval()
     shapes = _record_shapes(float_model, names, example)
@@ -153,8 +159,8 @@ def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs
 
         fp32_path = _artifact(float_model, example, work, "fp32", target)
         current = int8_artifact([], "int8")
-        fp32_ms, current_ms = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
-        all_int8_ms = current_ms
+        fp32, current_t = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
+        all_int8_ms = current_t.p50
         left_float: list[str] = []
         ordered = sorted(kinds.items(), key=lambda item: item[1]["macs"])
         for index, (kind, group) in enumerate(ordered):
@@ -162,24 +168,26 @@ def choose_layers_for_target(*, model: nn.Module, target: Target, example_inputs
                         "model_ms_kind_int8": None, "model_ms_kind_float": None, "quantize": True}
             if index < len(ordered) - 1:  # the dominant kind is settled by the FP32 comparison below
                 candidate = int8_artifact(left_float + group["layers"], f"int8-no-{kind}")
-                current_ms, candidate_ms = _time_variants([current, candidate], feeds, target, rounds, time_budget_s)
-                faster = candidate_ms < current_ms * (1 - margin)
-                decision.update(measured=True, model_ms_kind_int8=current_ms, model_ms_kind_float=candidate_ms,
+                current_t, candidate_t = _time_variants([current, candidate], feeds, target, rounds, time_budget_s)
+                faster = clearly_faster(candidate_t, current_t)
+                decision.update(measured=True, model_ms_kind_int8=current_t.p50, model_ms_kind_float=candidate_t.p50,
+                                spread_ms={"kind_int8": list(current_t.spread), "kind_float": list(candidate_t.spread)},
                                 quantize=not faster)
                 if faster:
                     left_float += group["layers"]
-                    current, current_ms = candidate, candidate_ms
+                    current, current_t = candidate, candidate_t
             choice.decisions.append(decision)
         if left_float:  # re-time the final choice against FP32 side by side
-            fp32_ms, current_ms = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
+            fp32, current_t = _time_variants([fp32_path, current], feeds, target, rounds, time_budget_s)
         choice.float_layers = tuple(left_float)
         # Ties go to INT8 (a quarter of the weight bytes at the same speed); float only when INT8 is
-        # measurably slower, beyond the same noise margin.
-        all_float = current_ms > fp32_ms * (1 + margin)
-        choice.whole_model = {"fp32_ms": fp32_ms, "all_int8_ms": all_int8_ms, "int8_ms": current_ms,
-                              "all_float": all_float}
+        # clearly slower.
+        all_float = clearly_faster(fp32, current_t)
+        choice.whole_model = {"fp32_ms": fp32.p50, "all_int8_ms": all_int8_ms, "int8_ms": current_t.p50,
+                              "all_float": all_float, "fp32_spread_ms": list(fp32.spread),
+                              "int8_spread_ms": list(current_t.spread)}
         if all_float:
-            choice.reason = f"whole model INT8 {current_ms:.3f} ms vs FP32 {fp32_ms:.3f} ms"
+            choice.reason = f"whole model INT8 {current_t.describe()} vs FP32 {fp32.describe()}"
             choice.float_layers = tuple(names)
     return choice
 
