@@ -118,6 +118,9 @@ def _output_file(path: Path, flag: str) -> Path:
     """Fail before the work, not after it, when a file output cannot be written there."""
     if path.is_dir():
         raise BadInput(f"{flag} {path}: is a directory; give a file path, e.g. {path / 'model.pt'}")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise BadInput(f"{flag} {path}: exists and is not a regular file (a link, pipe or device); edgekd writes "
+                       "its outputs only as regular files")
     _creatable(path.parent, flag, path)
     return path
 
