@@ -149,18 +149,31 @@ def _ctx(tmp_path):
     return types.SimpleNamespace(plan=plan, run=types.SimpleNamespace(out=tmp_path))
 
 
-@pytest.mark.parametrize("int8_ms, executes_int8, falls_back", [
-    ((0.31, 0.30, 0.33), True, True),  # clearly slower: the FP32 student ships
-    ((0.28, 0.26, 0.31), True, False),  # overlapping rounds: a tie keeps INT8
-    ((0.31, 0.30, 0.33), False, False),  # the quantizer already kept it float: nothing to swap
+@pytest.mark.parametrize("int8_ms, executes_int8, focused_int8_ms, falls_back", [
+    ((0.31, 0.30, 0.33), True, None, True),  # clearly slower: the FP32 student ships
+    ((0.28, 0.26, 0.31), True, (0.28, 0.27, 0.29), False),  # undecided, INT8 behind: timed again; a tie keeps INT8
+    ((0.28, 0.26, 0.31), True, (0.31, 0.30, 0.33), True),  # ... and the longer look says clearly slower
+    ((0.31, 0.30, 0.33), False, None, False),  # the quantizer already kept it float: nothing to swap
 ])
-def test_an_int8_student_clearly_slower_than_fp32_deploys_the_fp32_student(tmp_path, int8_ms, executes_int8,
+def test_an_int8_student_clearly_slower_than_fp32_deploys_the_fp32_student(tmp_path, monkeypatch, int8_ms,
+                                                                           executes_int8, focused_int8_ms,
                                                                            falls_back):
+    import edgekd.bench
+
+    focused = []
+
+    def time_pair(*, models, **_):
+        focused.append(sorted(models))
+        return {DEPLOYABLE: rounds(*focused_int8_ms), KD_FP32: rounds(0.27, 0.26, 0.28)}
+
+    monkeypatch.setattr(edgekd.bench, "time_interleaved", time_pair)
     ctx = _ctx(tmp_path)
     x86 = ctx.plan.targets[0]
     artifacts = {DEPLOYABLE: _artifact(tmp_path, DEPLOYABLE, int8=executes_int8),
                  KD_FP32: _artifact(tmp_path, KD_FP32, int8=False)}
-    _never_slower_than_fp32(ctx, artifacts, {DEPLOYABLE: rounds(*int8_ms), KD_FP32: rounds(0.27, 0.26, 0.28)}, x86)
+    _never_slower_than_fp32(ctx, artifacts, {DEPLOYABLE: rounds(*int8_ms), KD_FP32: rounds(0.27, 0.26, 0.28)}, x86,
+                            sample=None)
+    assert focused == ([sorted([DEPLOYABLE, KD_FP32])] if focused_int8_ms else [])
     assert ctx.plan.deployed_variant(x86) == (KD_FP32 if falls_back else DEPLOYABLE)
     assert ctx.plan.primary == ctx.plan.deployed_variant(x86)  # the first target: the run root follows
     assert ctx.plan.deployed_variant(ctx.plan.targets[1]) == DEPLOYABLE  # unmeasured: the profile's INT8

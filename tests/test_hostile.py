@@ -115,3 +115,19 @@ def test_a_damaged_teacher_cache_file_is_named_not_a_crash(tmp_path):
     np.save(entry.directory / "outputs.npy", np.zeros((3, 10), dtype=np.float16))  # wrong rows, as a foreign file
     with pytest.raises(BadInput, match="delete it to recompute"):
         teacher_cache(teacher, x, taps=[], collate=None, batch_size=4, root=tmp_path)
+
+
+def test_check_does_not_follow_an_artifact_link_out_of_the_run(tmp_path):
+    from edgekd.io import sha256_file
+    from edgekd.report import check_run
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not the run's")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.onnx").symlink_to(outside)
+    (run / "manifest.json").write_text(json.dumps({
+        "teacher": {"sha256": "0" * 64}, "data": {"sha256": "0" * 64},
+        "artifacts": {"model.onnx": {"sha256": sha256_file(outside)}}}))
+    result = check_run(run_dir=run)
+    assert result.status == "corrupt" and "link to a file outside the run" in result.problems[0]

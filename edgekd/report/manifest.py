@@ -198,6 +198,10 @@ def check_run(
             missing.append(relative)
             problems.append(f"missing artifact: {relative}")
             continue
+        if not path.resolve().is_relative_to(run_dir.resolve()):  # a link planted in the run: not its file
+            modified.append(relative)
+            problems.append(f"modified artifact: {relative} is a link to a file outside the run")
+            continue
         actual = sha256_file(path)
         if actual != entry["sha256"]:
             modified.append(relative)

@@ -120,7 +120,7 @@ def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
         notes.append(f"{entry['name']}: the budget and the quality floor conflict: {budget['chosen']} meets the latency "
                      f"budget but keeps {check['value']:.3f} of the teacher's metric, under the floor {check['limit']}"
                      + (f"; the next larger candidate, {next_up['student']}, measured p95 {next_up['latency_p95_ms']:.3f} "
-                        "ms" if next_up else "; no larger candidate fits"))
+                        "ms" if next_up else "; it is the largest student the ladder holds"))
     return notes
 
 
