@@ -49,6 +49,8 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     family = family_for(model=teacher.model, data=data)  # the one place the kind of model is decided
     targets = [load_target(name) for name in recipe.targets]
     plan = S.plan_targets(targets)
+    if recipe.student == S.AUTO:
+        S.check_auto(plan)  # before the run folder is touched
     out = Path(recipe.out)
     run = RunState(out, resume=resume, trusted_factories=recipe.trusted_factories(), fingerprint={
         "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256})

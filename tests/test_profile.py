@@ -98,3 +98,10 @@ def test_compress_with_student_auto_trains_the_student_the_budget_chose(tmp_path
     assert result.report["ablation"][2]["params"] == chosen["params"]  # what was measured is what was trained
     assert "Budget (student: auto)" in (tmp_path / "run" / "report.md").read_text()
     assert (tmp_path / "run" / "plots" / "budget.png").is_file()
+
+
+def test_student_auto_without_a_measurable_budget_is_refused_before_any_work(run_cli, tmp_path):
+    code, _, err = run_cli("compress", "--student", "auto", "-t", "intel-npu-core-ultra", "--teacher",
+                           "edgekd.models:resnet", "--data", "digits", "--out", str(tmp_path / "run"))
+    assert code == 2 and "student: auto needs a target measurable on this host" in err
+    assert not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ on the same held-out data (`measure`), and report.json through its typed schema 
 Whatever differs by kind of model comes from the run's model family (edgekd.families).
 """
 
+from edgekd.steps.budget import AUTO, check_auto
 from edgekd.steps.context import Artifact, Context, StageLog, Variant, as_variant, recipe_hash
 from edgekd.steps.export import export_variants
 from edgekd.steps.measure import benchmark_variants
@@ -16,7 +17,7 @@ from edgekd.steps.report import all_slos_met, write_report
 from edgekd.steps.train import make_student, quantize_student, quantize_teacher, train_student
 
 __all__ = [
-    "Artifact", "Context", "StageLog", "Variant", "as_variant", "recipe_hash", "export_variants",
+    "AUTO", "check_auto", "Artifact", "Context", "StageLog", "Variant", "as_variant", "recipe_hash", "export_variants",
     "benchmark_variants", "DEPLOYABLE", "FP16_VARIANT", "KD_FP32", "NO_KD", "TEACHER_FP32", "TEACHER_INT8",
     "VARIANTS", "TargetPlan", "plan_targets", "all_slos_met", "write_report", "make_student", "quantize_student",
     "quantize_teacher", "train_student",

@@ -6,11 +6,20 @@ candidate is rounded to the run's channel multiple, so what was measured is what
 
 from __future__ import annotations
 
-from edgekd.errors import GateFailed
-from edgekd.profile import profile, shared_choice
+from edgekd.errors import BadInput, GateFailed
+from edgekd.profile import SLO_KEYS, profile, shared_choice
 from edgekd.steps.context import Context
+from edgekd.steps.plan import TargetPlan
 
 AUTO = "auto"
+
+
+def check_auto(plan: TargetPlan) -> None:
+    """Before any work: `student: auto` needs a target measurable here whose SLOs can bind the choice."""
+    binding = [t for t in plan.available if any(getattr(t.slo, key) is not None for key in SLO_KEYS)]
+    if not binding:
+        raise BadInput("student: auto needs a target measurable on this host with a latency, memory or size SLO; "
+                       f"of {', '.join(t.name for t in plan.targets)}, none is (see `edgekd targets`)")
 
 
 def choose_student(ctx: Context) -> str:
