@@ -236,7 +236,8 @@ def profile(*, teacher: LoadedModel, data: Dataset, targets: list[Target], margi
                     models.append((spec, student))
             rows, teacher_layers, memory_bound = [], [], None
             for spec, model in models:
-                path = artifacts.path(f"{spec}@{multiple}", model, target)
+                export_key = spec if spec == "teacher" else f"{spec}@{multiple}"  # the teacher is not rounded: export it once
+                path = artifacts.path(export_key, model, target)
                 candidate, measured = _candidate(spec, model, path, target, budget, sample, memory_bound)
                 rows.append(candidate)
                 if spec == "teacher":
