@@ -29,8 +29,9 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/peers.py --time-demo $(BENCH_ARGS)
 
-# What the tests read beyond pip (Debian's fortunes text): installed as root, else a warning and
-# those tests skip. Not part of $(STAMP): `make demo` needs none of it.
+# What the tests read beyond pip (Debian's packages of English text: fortunes, and wordnet-base,
+# dict-gcide, bible-kjv-text, dict-devil, dict-jargon for the `english` corpus): installed as root,
+# else a warning and those tests skip. Not part of $(STAMP): `make demo` needs none of it.
 system-deps:
 	.ci/system-deps
 

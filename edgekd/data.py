@@ -17,6 +17,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgekd.corpus import fortune_records, read_english
 from edgekd.errors import BadInput
 from edgekd.targets import bundled_dir, check_regular_file, read_bounded, read_yaml, validation_message
 
@@ -54,6 +55,10 @@ MAX_RESIZE = 256
 
 @dataclass(frozen=True)
 class Dataset:
+    """Fixed splits of one data snapshot. `test_sources`, for a corpus of several sources (the
+    `english` spec), names the source of each test sample, so a benchmark can report held-out
+    figures per source; None for a single-source dataset."""
+
     name: str
     task: Literal["classification", "embedding"]
     x_train: np.ndarray
@@ -65,6 +70,7 @@ class Dataset:
     num_classes: Optional[int]
     sha256: str
     provenance: dict = field(default_factory=dict)
+    test_sources: Optional[np.ndarray] = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -110,7 +116,7 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str
     description: str = ""
-    loader: Literal["sklearn-digits", "text-fortunes", "npz", "text-lines"]
+    loader: Literal["sklearn-digits", "text-fortunes", "text-english", "npz", "text-lines"]
     path: Optional[str] = None
     task: Literal["classification", "embedding"]
     provenance: dict = Field(default_factory=dict)
@@ -144,6 +150,24 @@ def _text_array(texts: list[str]) -> np.ndarray:
     return np.array(texts, dtype=object)
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """What a spec's loader read. A corpus of several sources also names each sample's source and
+    document, so the split keeps documents whole, plus per-source provenance."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray]
+    sha256: str
+    sources: Optional[np.ndarray] = None
+    documents: Optional[np.ndarray] = None
+    provenance: dict = field(default_factory=dict)
+
+    def subset(self, keep: np.ndarray) -> "_Loaded":
+        """The samples at `keep` (a spec's max_samples), with their sources and documents."""
+        pick = (lambda a: None if a is None else a[keep])
+        return replace(self, x=self.x[keep], y=pick(self.y), sources=pick(self.sources), documents=pick(self.documents))
+
+
 def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split, source: str):
     n = len(x)
     order = np.random.default_rng(split.seed).permutation(n)
@@ -157,6 +181,40 @@ def _split(x: np.ndarray, y: Optional[np.ndarray], split: _Split, source: str):
     return x[train], pick(y, train), x[val], pick(y, val), x[test], pick(y, test)
 
 
+def _split_by_document(sources: np.ndarray, documents: np.ndarray, split: _Split,
+                       source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train, val and test such that no document has samples in two splits, so a
+    held-out text never shares a document (a Bible book, a fortunes file) with a training text.
+    Each source's documents, shuffled by the seed, fill test and then val up to their fractions of
+    that source's samples, the rest is train: every source is held out in proportion, and each
+    split is shuffled so that its first samples mix the sources."""
+    rng = np.random.default_rng(split.seed)
+    parts: tuple[list, list, list] = ([], [], [])  # test, val, train: the order they are filled in
+    for name in sorted(set(sources)):
+        members = np.flatnonzero(sources == name)
+        names, document_of = np.unique(documents[members], return_inverse=True)
+        sizes = np.bincount(document_of)
+        limits = (split.test_fraction * len(members), (split.test_fraction + split.val_fraction) * len(members))
+        part_of = np.empty(len(names), dtype=np.int64)
+        held = [0, 0, 0]  # documents in each part
+        part, filled = 0, 0
+        for document in rng.permutation(len(names)):
+            # on to the next part once this one holds a document and this one would pass its limit by
+            # more than half of itself: each part ends within half a document of its fraction
+            while part < 2 and held[part] and filled + sizes[document] / 2 > limits[part]:
+                part += 1
+            part_of[document] = part
+            held[part] += 1
+            filled += sizes[document]
+        if not all(held):
+            raise BadInput(f"{source}: source '{name}' has {len(names)} document(s), too few to hold out "
+                           "whole documents for both val and test")
+        for part, indices in enumerate(parts):
+            indices.append(members[part_of[document_of] == part])
+    train, val, test = (rng.permutation(np.concatenate(indices)) for indices in reversed(parts))
+    return train, val, test
+
+
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
@@ -164,7 +222,7 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
 
 
-def _load_sklearn_digits(spec: DatasetSpec, source: str):
+def _load_sklearn_digits(spec: DatasetSpec, source: str) -> _Loaded:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -176,28 +234,35 @@ def _load_sklearn_digits(spec: DatasetSpec, source: str):
         if not isinstance(size, int) or not 8 <= size <= MAX_RESIZE:
             raise BadInput(f"{source}: key 'options.resize' must be an integer in [8, {MAX_RESIZE}], got {size!r}")
         x = _resize(x, size)
-    return x, y, raw_hash
+    return _Loaded(x, y, raw_hash)
 
 
 FORTUNES_DIRS = (Path("/usr/share/games/fortunes"), Path("/usr/share/fortunes"))
 
 
-def _load_fortunes(spec: DatasetSpec, source: str):
+def _load_fortunes(spec: DatasetSpec, source: str) -> _Loaded:
     directory = next((d for d in FORTUNES_DIRS if d.is_dir()), None)
     if directory is None:
         raise BadInput(
             f"{source}: Debian's 'fortunes' package is not installed "
             "(install it with: sudo apt-get install -y fortunes)"
         )
-    texts: list[str] = []
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.suffix == ""):
-        body = read_bounded(path, max_bytes=MAX_TEXT_BYTES, kind="a fortunes file").decode(errors="replace")
-        for record in body.split("\n%\n"):
-            record = " ".join(record.replace("%", " ").split())
-            if 20 <= len(record) <= 600:
-                texts.append(record)
-    x = _text_array(sorted(set(texts)))
-    return x, None, content_hash(x)
+    texts = {" ".join(record.replace("%", " ").split()) for _, record in fortune_records(directory)}
+    x = _text_array(sorted(text for text in texts if 20 <= len(text) <= 600))
+    return _Loaded(x, None, content_hash(x))
+
+
+def _load_english(spec: DatasetSpec, source: str) -> _Loaded:
+    """The `english` corpus (`edgekd.corpus`) as arrays: hashed whole and per source, each text
+    with its source and document for the split that holds out whole documents."""
+    corpus = read_english(spec.options, source)
+    x, sources, documents = (_text_array(a) for a in (corpus.texts, corpus.sources, corpus.documents))
+    provenance = {}
+    for name, described in corpus.provenance.items():
+        own = sources == name
+        provenance[name] = {**described, "sha256": content_hash(x[own], documents[own])}
+    return _Loaded(x, None, content_hash(x, sources, documents), sources=sources, documents=documents,
+                   provenance={"sources": provenance})
 
 
 def _npz_header(archive, name: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -298,10 +363,12 @@ def _load_text_lines(path: Path) -> np.ndarray:
 _SPEC_LOADERS: dict[str, Callable] = {
     "sklearn-digits": _load_sklearn_digits,
     "text-fortunes": _load_fortunes,
+    "text-english": _load_english,
 }
 
 
-def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, source: str) -> Dataset:
+def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, source: str,
+                 sources: Optional[np.ndarray] = None, documents: Optional[np.ndarray] = None) -> Dataset:
     if len(x) == 0:
         raise BadInput(f"{source}: the dataset is empty")
     if len(x) < 10:
@@ -312,8 +379,13 @@ def _from_arrays(name, x, y, *, split: _Split, sha: str, provenance: dict, sourc
         raise BadInput(f"{source}: labels must be >= 0 (or -1 for unlabeled), found {int(y.min())}")
     if y is not None:
         _require_two_classes(y, source)
-    parts = _split(x, y, split, source)
-    return Dataset(name, task, *parts, num_classes=num_classes, sha256=sha, provenance=provenance)
+    if documents is None:
+        parts = _split(x, y, split, source)
+        return Dataset(name, task, *parts, num_classes=num_classes, sha256=sha, provenance=provenance)
+    train, val, test = _split_by_document(sources, documents, split, source)
+    pick = (lambda a, i: None if a is None else a[i])
+    return Dataset(name, task, x[train], pick(y, train), x[val], pick(y, val), x[test], pick(y, test),
+                   num_classes=num_classes, sha256=sha, provenance=provenance, test_sources=sources[test])
 
 
 def _require_two_classes(y: np.ndarray, source: str) -> None:
@@ -351,26 +423,28 @@ def load_spec(path: Path) -> Dataset:
     except ValidationError as err:
         raise BadInput(validation_message(source, err)) from None
     if spec.loader in _SPEC_LOADERS:
-        x, y, sha = _SPEC_LOADERS[spec.loader](spec, source)
+        loaded = _SPEC_LOADERS[spec.loader](spec, source)
     else:
         if not spec.path:
             raise BadInput(f"{source}: key 'path' is required for loader '{spec.loader}'")
         data_path = _spec_data_path(path, spec.path, source)
         x, y = _load_npz(data_path) if spec.loader == "npz" else (_load_text_lines(data_path), None)
-        sha = content_hash(x, y)
-    if spec.content_sha256 and spec.content_sha256 != sha:
+        loaded = _Loaded(x, y, content_hash(x, y))
+    if spec.content_sha256 and spec.content_sha256 != loaded.sha256:
         raise BadInput(
-            f"{source}: key 'content_sha256': the data on this machine hashes to {sha[:16]}..., "
+            f"{source}: key 'content_sha256': the data on this machine hashes to {loaded.sha256[:16]}..., "
             f"not {spec.content_sha256[:16]}... (the snapshot changed)"
         )
-    if spec.max_samples and len(x) > spec.max_samples:
-        keep = np.sort(np.random.default_rng(spec.split.seed).permutation(len(x))[: spec.max_samples])
-        x = x[keep]
-        y = None if y is None else y[keep]
-    provenance = {"spec": spec.name, "loader": spec.loader, **spec.provenance, "options": spec.options}
-    dataset = _from_arrays(spec.name, x, y, split=spec.split, sha=sha, provenance=provenance, source=source)
+    if spec.max_samples and len(loaded.x) > spec.max_samples:
+        keep = np.sort(np.random.default_rng(spec.split.seed).permutation(len(loaded.x))[: spec.max_samples])
+        loaded = loaded.subset(keep)
+    provenance = {"spec": spec.name, "loader": spec.loader, **spec.provenance, "options": spec.options,
+                  **loaded.provenance}
+    dataset = _from_arrays(spec.name, loaded.x, loaded.y, split=spec.split, sha=loaded.sha256, provenance=provenance,
+                           source=source, sources=loaded.sources, documents=loaded.documents)
     if spec.task != dataset.task:
-        raise BadInput(f"{source}: key 'task': '{spec.task}' but the data {'has' if y is not None else 'has no'} labels")
+        has = "has" if loaded.y is not None else "has no"
+        raise BadInput(f"{source}: key 'task': '{spec.task}' but the data {has} labels")
     return dataset.with_labeled_fraction(spec.labeled_fraction, seed=spec.split.seed)
 
 
