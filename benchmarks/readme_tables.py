@@ -303,8 +303,30 @@ def limits_minilm_block(results: Path = RESULTS) -> str:
         f"is the way.")
 
 
+def text_throughput_block(results: Path = RESULTS) -> str:
+    """Length-bucketed text batches against random ones: texts/s and padding, with the per-round spread."""
+    d = load("text_throughput", results)
+    random, bucketed = d["summary"]["random"], d["summary"]["bucketed"]
+    rounds = d["speedup_per_round"]
+    load_avg = d.get("load_average_1min") or {}
+    rows = ["| batches | texts/s (median of rounds) | padded tokens per real token | steps per epoch |",
+            "|---|---|---|---|"]
+    for name, row in (("random, 32 texts", random), ("bucketed, token budget", bucketed)):
+        rows.append(f"| {name} | {row['texts_per_s']:.1f} | {row['padded_per_real_token']:.2f} | {row['steps']} |")
+    note = (f"{d['teacher']} teaching its `{d['student']}` cut, {d['texts']} fortunes per epoch, {d['recipe']}; "
+            f"{d['rounds']} interleaved rounds (A B A B), torch threads {d['torch_threads']}: bucketed is "
+            f"{d['speedup_texts_per_s']:.2f}x the texts/s (rounds {', '.join(f'{r:.2f}' for r in rounds)}), with "
+            f"{d['padded_tokens_ratio']:.2f}x fewer padded tokens (over all {d['full_corpus']['texts']:,} training "
+            f"fortunes: {d['full_corpus']['padded_per_real_token']['random']:.2f} -> "
+            f"{d['full_corpus']['padded_per_real_token']['bucketed']:.2f} padded per real token). "
+            f"`python benchmarks/text_throughput.py`, trained by it; {host(d)}"
+            + (f", load average {load_avg['before']:.1f} -> {load_avg['after']:.1f} during the run" if load_avg else "")
+            + ".")
+    return "\n".join(rows) + "\n\n" + _wrap(note)
+
+
 BLOCKS = {"benchmarks": benchmarks_block, "peers-summary": peers_summary_block, "peers": peers_block,
-          "limits-minilm": limits_minilm_block}
+          "limits-minilm": limits_minilm_block, "text-throughput": text_throughput_block}
 
 
 def blocks(results: Path = RESULTS) -> dict[str, str]:

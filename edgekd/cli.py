@@ -35,6 +35,11 @@ def _trust_option():
     return typer.Option([], "--trust-factory", help=_TRUST_HELP)
 
 
+def _slo_option():
+    return typer.Option([], "--slo", help="Budget: [TARGET:]KEY=VALUE replaces a profile's SLO (e.g. latency_p95_ms=4, "
+                                          "min_speedup=2, model_size_mb=none); repeatable.")
+
+
 def _trusted(given: List[str], *named: Optional[str]) -> frozenset:
     """--trust-factory refs, plus the factories this command line names itself (--teacher mymodels:net)."""
     from edgekd.factories import is_factory_ref, user_trusted
@@ -146,7 +151,8 @@ def _creatable(folder: Path, flag: str, given: Path) -> None:
 def distill(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or model dir."),
     student: str = typer.Option(..., "--student",
-                                help="module:factory or checkpoint; with text data also layers:N or prune:R."),
+                                help="module:factory or checkpoint; also prune:R, and with text data "
+                                     "layers:N[,ffn:F][,heads:H]."),
     data: str = typer.Option(..., "--data", help="Dataset spec name/YAML, .npz, or text file."),
     out: Path = typer.Option(Path("runs/distill"), "--out", "-o", help="Output directory."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML with a 'distill:' section."),
@@ -169,6 +175,7 @@ def distill(
     from edgekd.families import family_for
     from edgekd.io import write_json
     from edgekd.recipe import PruneSection, load_recipe
+    from edgekd.student_spec import parse_student
 
     _output_dir(out, "--out")
     settings = dict(load_recipe(recipe, data=data).distill) if recipe else {}
@@ -182,7 +189,7 @@ def distill(
     dataset = load_data(data, labeled_fraction=labeled_fraction)
     build = {"trusted_factories": trusted, "seed": config.seed}  # the same command builds the same initial weights
     teacher_loaded = load_model(teacher, **build) if teacher else None
-    if student.startswith(("layers:", "prune:")):  # a student made from the teacher, by its family
+    if parse_student(student) is not None:  # a student made from the teacher, by its family
         if teacher_loaded is None:
             raise BadInput(f"--student {student}: a student made from the teacher needs --teacher")
         made = family_for(model=teacher_loaded.model, data=dataset, label=f"--teacher {teacher}").make_student(
@@ -239,6 +246,8 @@ def prune(
         raise BadInput(f"--channel-multiple {channel_multiple}: must be a whole number >= 1")
     if recovery_epochs < 0:
         raise BadInput(f"--recovery-epochs {recovery_epochs}: must be >= 0")
+    if not 0 < ratio < 1:
+        raise BadInput(f"--ratio {ratio:g}: the fraction of channels/heads/neurons to remove must be in (0, 1)")
     dataset = load_data(data)  # cheap checks first: a missing file before any model is built
     source = load_model(model, trusted_factories=_trusted(trust_factory, model))
     family = family_for(model=source.model, data=dataset, label=model)
@@ -372,6 +381,7 @@ def profile(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the profile as JSON to this file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for profile.json and budget.png."),
     margin: float = typer.Option(0.10, "--margin", help="Share of each SLO a choice keeps spare."),
+    slo: List[str] = _slo_option(),
     trust_factory: List[str] = _trust_option(),
 ):
     """The most capable student that fits each target's SLOs, from latency measured on its runtime; exit 1 if none fits."""
@@ -379,13 +389,13 @@ def profile(
     from edgekd.data import load_data
     from edgekd.profile import profile as run_profile, write_profile
     from edgekd.report.plots import plot_budget
-    from edgekd.targets import load_target
+    from edgekd.targets import apply_slo_overrides, load_target, parse_slo_flags
 
     if json_out is not None:
         _output_file(json_out, "--json")
     if out is not None:
         _output_dir(out, "--out")
-    profiles = [load_target(name) for name in target]
+    profiles = apply_slo_overrides([load_target(name) for name in target], parse_slo_flags(slo), source="--slo")
     dataset = load_data(data)  # cheap checks first: a missing file before any model is built
     teacher = load_model(model, trusted_factories=_trusted(trust_factory, model))
     result = run_profile(teacher=teacher, data=dataset, targets=profiles, margin=margin, model_name=model)
@@ -403,15 +413,19 @@ def profile(
 def _print_profile(result) -> None:
     fmt = (lambda v: "-" if v is None else f"{v:.3f}")
     for entry in result.targets:
-        title = f"{entry.name}: " + (", ".join(f"{k} <= {v:g}" for k, v in entry.budget["limits"].items()) or "no SLO")
+        title = f"{entry.name}: " + (", ".join(f"{k} {'>=' if k.startswith('min_') else '<='} {v:g}"
+                                               for k, v in entry.budget["limits"].items()) or "no SLO")
         table = Table(title=title + ("" if entry.available else f"  (estimated: {entry.reason})"))
-        for col in ("student", "precision", "params", "MACs", "p50 ms", "p95 ms", "peak MB", "size MB", "fits"):
+        for col in ("student", "precision", "params", "MACs", "p50 ms", "p50 IQR", "p95 ms", "speed-up", "peak MB",
+                    "size MB", "fits"):
             table.add_column(col, justify="left" if col in ("student", "precision", "fits") else "right")
         for c in entry.candidates:
             verdict = "yes" if c.fits else ("estimate" if c.estimated else "no: " + ", ".join(c.misses))
             marker = " *" if c.student == entry.chosen else ""
-            table.add_row(c.student + marker, c.precision, f"{c.params:,}", f"{c.macs:,}", fmt(c.latency_p50_ms),
-                          fmt(c.latency_p95_ms), fmt(c.peak_memory_mb), f"{c.model_size_mb:.3f}", verdict)
+            band = "-" if c.latency_spread_ms is None else "-".join(f"{v:.3f}" for v in c.latency_spread_ms)
+            table.add_row(c.student + marker, c.precision, f"{c.params:,}", f"{c.macs:,}", fmt(c.latency_p50_ms), band,
+                          fmt(c.latency_p95_ms), "-" if c.speedup is None else f"{c.speedup:.2f}x",
+                          fmt(c.peak_memory_mb), f"{c.model_size_mb:.3f}", verdict)
         console.print(table)
         console.print(f"{entry.name}: {entry.why}", markup=False)
 
@@ -467,22 +481,28 @@ def check(run_dir: Path = typer.Argument(..., help="A finished run directory (ho
 def compress(
     recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (default: the embedded example)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="module:factory, checkpoint, or HF model dir."),
-    student: Optional[str] = typer.Option(None, "--student", help="module:factory, checkpoint, prune:R or layers:N."),
+    student: Optional[str] = typer.Option(None, "--student", help="module:factory, checkpoint, prune:R, "
+                                                                  "layers:N[,ffn:F][,heads:H] or auto."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset spec name/YAML, .npz, or text file."),
     target: List[str] = typer.Option([], "--target", "-t", help="Target profile name or YAML (repeatable)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override distill.epochs."),
     qat_epochs: Optional[int] = typer.Option(None, "--qat-epochs", help="Override quant.epochs."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the seed."),
+    labeled_fraction: Optional[float] = typer.Option(None, "--labeled-fraction",
+                                                     help="Keep labels on this fraction; the rest trains by KD alone."),
+    slo: List[str] = _slo_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     trust_factory: List[str] = _trust_option(),
 ):
     """The whole pipeline: prune, distill, QAT+KD, export, benchmark per target, report."""
     from edgekd.pipeline import compress as run_compress
     from edgekd.recipe import load_recipe
+    from edgekd.targets import parse_slo_flags
 
     resolved = load_recipe(recipe, teacher=teacher, student=student, data=data, targets=list(target), out=out,
-                           seed=seed, distill_epochs=epochs, quant_epochs=qat_epochs)
+                           seed=seed, labeled_fraction=labeled_fraction, distill_epochs=epochs,
+                           quant_epochs=qat_epochs, slo_flags=parse_slo_flags(slo))
     if trust_factory:
         _trusted(trust_factory)  # validates the refs
         resolved = resolved.model_copy(update={"trust_factories": [*resolved.trust_factories, *trust_factory]})
@@ -491,6 +511,10 @@ def compress(
     _print_summary(result.report)
     console.print(f"run directory: {result.out}  (report.md, report.html, report.json, manifest.json)")
     raise typer.Exit(result.exit_code)
+
+
+def _cell(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)  # a baseline the export gate rejected has no figure
 
 
 def _print_summary(report: dict) -> None:
@@ -505,8 +529,9 @@ def _print_summary(report: dict) -> None:
     for index, row in enumerate(report["ablation"] + report.get("deployables", [])):
         if index == len(report["ablation"]):
             table.add_section()  # below: students made for particular targets (FP16, another INT8 scheme)
-        table.add_row(row["variant"], f"{row['metric']['value']:.4f}", f"{row['params']:,}", f"{row['size_mb']:.3f}",
-                      *[f"{row['latency_p50_ms'][t]:.3f}" for t in targets])
+        table.add_row(row["variant"] + (" (gate failed)" if row.get("verdict") == "failed" else ""),
+                      _cell(row["metric"]["value"], ".4f"), f"{row['params']:,}", _cell(row["size_mb"], ".3f"),
+                      *[_cell(row["latency_p50_ms"].get(t), ".3f") for t in targets])
     console.print(table)
     verdicts = Table(title="Deployable student against each target's SLOs")
     mixed = len({entry.get("variant") for entry in report["targets"]}) > 1  # then say who each target deploys

@@ -25,7 +25,7 @@ from edgekd import steps as S
 from edgekd.checkpoint import load_model, model_sha256
 from edgekd.data import load_data
 from edgekd.families import family_for
-from edgekd.recipe import Recipe
+from edgekd.recipe import Recipe, example_recipe
 from edgekd.runstate import RunState, check_run_folder
 from edgekd.targets import load_target
 
@@ -39,7 +39,7 @@ class CompressResult:
 
 def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Console | None = None) -> CompressResult:
     """Run the pipeline described by `recipe` (default: the embedded example) into `recipe.out`."""
-    recipe = recipe or Recipe()
+    recipe = recipe or example_recipe()
     console = console or Console(stderr=True)
     stages = S.StageLog(console, total=6)
     check_run_folder(Path(recipe.out))  # before the data load and the teacher (which may train)
@@ -47,7 +47,7 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     data = load_data(recipe.data, labeled_fraction=recipe.labeled_fraction)  # cheap checks before the teacher
     teacher = load_model(recipe.teacher, trusted_factories=recipe.trusted_factories(), seed=recipe.seed)
     family = family_for(model=teacher.model, data=data)  # the one place the kind of model is decided
-    targets = [load_target(name) for name in recipe.targets]
+    targets = recipe.budgeted([load_target(name) for name in recipe.targets])
     plan = S.plan_targets(targets)
     if recipe.student == S.AUTO:
         S.check_auto(plan)  # before the run folder is touched

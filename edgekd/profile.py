@@ -2,12 +2,16 @@
 
 A user comes with a device and a budget (p95 under 4 ms, under 200 MB), not a prune ratio. For
 each target this builds the teacher and a ladder of candidate students of the model's family
-(`ModelFamily.ladder`: channel ratios for CNNs, depth for text encoders) structurally (pruned or
+(`ModelFamily.ladder`: channel ratios for CNNs, depth x FFN width for text encoders) structurally (pruned or
 cut; latency does not depend on trained values), exports each in the precision the target
 deploys (INT8 QDQ in its scheme, FP16 or FP32; one export serves every target of the same
 precision and shapes), times it there, and picks the most capable candidate that meets every
-latency / memory / size SLO with a safety margin. An absent device gets the roofline estimate
-from its profile's `peak` figures, marked `estimated` and never chosen as a measured fit.
+latency / memory / size / speed-up SLO with a safety margin. A target's candidates, its teacher and
+the FP32 teacher (what `min_speedup` is measured against) are timed together in interleaved rounds
+(edgekd.bench.time_interleaved): on a shared host one loop per candidate let background load pick
+the student (a 0.36x-pruned ResNet measured slower than a 0.25x one). An absent device gets the
+roofline estimate from its profile's `peak` figures, marked `estimated` and never chosen as a
+measured fit.
 """
 
 from __future__ import annotations
@@ -28,8 +32,14 @@ from edgekd.recipe import PruneSection
 from edgekd.targets import Target, availability
 
 DEFAULT_MARGIN = 0.10  # a candidate must meet each limit with this share to spare: timing on a shared host varies
-SLO_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
+UPPER_LIMITS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
+SPEEDUP_KEY = "min_speedup"  # a lower limit on the candidate's `speedup`: the FP32 teacher's p50 over its own
+SPEEDUP = "speedup"
+SLO_KEYS = (*UPPER_LIMITS, SPEEDUP_KEY)
 CALIBRATION_SAMPLES = 64  # PTQ ranges for a latency-only artifact: enough for realistic QDQ placement
+ROUND_TIME_S = 0.02
+"""Timed runs per candidate per round (x 21 rounds): ~5 s of timing for ten artifacts on a target."""
+FP32_TEACHER = "teacher-fp32"  # the reference `speedup` is measured against, timed in the same rounds
 
 
 @dataclass
@@ -45,6 +55,8 @@ class Candidate:
     estimated: bool  # an absent device's roofline estimate, never a measurement
     fits: bool
     misses: list[str] = field(default_factory=list)  # the SLO keys it does not meet (with the margin)
+    speedup: float | None = None  # the FP32 teacher's p50 over this candidate's, same rounds
+    latency_spread_ms: list[float] | None = None  # interquartile band of its round p50s
 
 
 @dataclass
@@ -84,10 +96,16 @@ def _budget(target: Target, margin: float) -> dict:
 
 
 def _misses(figures: dict, budget: dict) -> list[str]:
-    """The limits a candidate does not meet with the margin to spare (a missing figure misses)."""
+    """The limits a candidate does not meet with the margin to spare (a missing figure misses): upper
+    limits by a `margin` share, the speed-up floor by the same share of its latency."""
     keep = 1.0 - budget["margin"]
-    return [key for key, limit in budget["limits"].items()
-            if figures.get(key) is None or not figures[key] <= limit * keep]
+    misses = []
+    for key, limit in budget["limits"].items():
+        figure = figures.get(SPEEDUP if key == SPEEDUP_KEY else key)
+        meets = figure is not None and (figure * keep >= limit if key == SPEEDUP_KEY else figure <= limit * keep)
+        if not meets:
+            misses.append(key)
+    return misses
 
 
 class _Artifacts:
@@ -137,27 +155,41 @@ def _measure(path: Path, target: Target, sample, *, memory: bool, layers: bool):
                      measure_memory=memory, profile_layers=layers, top_layers=5)
 
 
-def _candidate(spec: str, model: nn.Module, path: Path, target: Target, budget: dict, sample,
-               memory_bound: float | None) -> tuple[Candidate, object]:
-    """One row. Memory is measured (an isolated process each, the slow part) unless `memory_bound`, the
-    teacher's measured peak, already meets the limit: a smaller student of the same family then does too."""
+def _time_together(paths: dict[str, Path], target: Target, sample) -> dict:
+    """Every artifact of one target (candidates, teacher, FP32 teacher) in the same interleaved rounds."""
+    from edgekd.bench import ROUNDS, time_interleaved
+
+    return time_interleaved(models=paths, target=target, inputs=sample, rounds=ROUNDS, round_time_s=ROUND_TIME_S)
+
+
+def _candidate(spec: str, model: nn.Module, path: Path, target: Target, budget: dict, sample, *,
+               timed, reference, memory_bound: float | None) -> tuple[Candidate, object]:
+    """One row. Latency from the target's interleaved rounds (`timed`, None on an absent device: the roofline
+    estimate instead), speed-up against the FP32 teacher's rounds (`reference`). Memory is measured (an
+    isolated process each, the slow part) unless `memory_bound`, the teacher's measured peak, already meets
+    the limit: a smaller student of the same family then does too."""
     from edgekd.prune import count_params_macs
 
     params, macs = count_params_macs(model=model, example_inputs=_example(sample))
     wants_memory = "peak_memory_mb" in budget["limits"] and memory_bound is None
-    measured = _measure(path, target, sample, memory=wants_memory, layers=spec == "teacher")
-    if measured.estimate is not None:
+    measured = None
+    if timed is None or wants_memory or spec == "teacher":  # the teacher also gives its slowest layers
+        measured = _measure(path, target, sample, memory=wants_memory, layers=spec == "teacher")
+    if timed is None:
         p50 = p95 = measured.estimate["latency_ms"]
+        spread = speedup = None
     else:
-        p50, p95 = (measured.latency_ms or {}).get("p50"), (measured.latency_ms or {}).get("p95")
+        p50, p95, spread = timed.p50, timed.p95, [round(v, 5) for v in timed.spread]
+        speedup = reference.p50 / timed.p50 if reference is not None else None
     peak = measured.peak_memory_mb if wants_memory else None
     figures = {"latency_p50_ms": p50, "latency_p95_ms": p95, "peak_memory_mb": peak if peak is not None else memory_bound,
-               "model_size_mb": _size_mb(path)}
+               "model_size_mb": _size_mb(path), SPEEDUP: speedup}
     misses = _misses(figures, budget)
     candidate = Candidate(student=spec, precision=target.precision, params=params, macs=macs, latency_p50_ms=p50,
                           latency_p95_ms=p95, peak_memory_mb=peak,
-                          model_size_mb=round(figures["model_size_mb"], 4), estimated=measured.estimate is not None,
-                          fits=not misses and measured.estimate is None, misses=misses)
+                          model_size_mb=round(figures["model_size_mb"], 4), estimated=timed is None,
+                          fits=not misses and timed is not None, misses=misses,
+                          speedup=None if speedup is None else round(speedup, 3), latency_spread_ms=spread)
     return candidate, measured
 
 
@@ -173,7 +205,7 @@ def _example(sample):
 def _choose(candidates: list[Candidate], budget: dict, available: bool, reason: str | None) -> tuple[str | None, str]:
     """The most capable (most parameters) student that fits, and a sentence saying why."""
     if not budget["limits"]:
-        return None, "the profile sets no latency, memory or size SLO: nothing to fit"
+        return None, "the profile sets no latency, memory, size or speed-up SLO: nothing to fit"
     if not available:
         return None, f"not measured ({reason}); figures are roofline estimates, never a measured fit"
     students = [c for c in candidates if c.student != "teacher"]
@@ -181,11 +213,16 @@ def _choose(candidates: list[Candidate], budget: dict, available: bool, reason: 
     limits = ", ".join(f"{k} {v:g}" for k, v in budget["limits"].items())
     if not fitting:
         fastest = min(students, key=lambda c: c.latency_p95_ms or float("inf"))
-        needs = []
-        for key in budget["limits"]:
-            best_figure = min((getattr(c, key) for c in students if getattr(c, key) is not None), default=None)
-            if best_figure is not None and not best_figure <= budget["limits"][key] * (1 - budget["margin"]):
-                needs.append(f"{key} >= {best_figure / (1 - budget['margin']):.4g}")
+        needs, keep = [], 1 - budget["margin"]
+        for key, limit in budget["limits"].items():
+            if key == SPEEDUP_KEY:
+                best = max((c.speedup for c in students if c.speedup is not None), default=None)
+                if best is not None and not best * keep >= limit:
+                    needs.append(f"{key} <= {best * keep:.4g}")
+                continue
+            best = min((getattr(c, key) for c in students if getattr(c, key) is not None), default=None)
+            if best is not None and not best <= limit * keep:
+                needs.append(f"{key} >= {best / keep:.4g}")
         return None, (f"no candidate meets {limits} with {budget['margin']:.0%} to spare; the fastest, "
                       f"{fastest.student}, measured p95 {fastest.latency_p95_ms:.3f} ms, {fastest.model_size_mb:.3f} MB "
                       f"(misses {', '.join(fastest.misses)}); the budget would need "
@@ -193,10 +230,13 @@ def _choose(candidates: list[Candidate], budget: dict, available: bool, reason: 
     best = max(fitting, key=lambda c: c.params)
     larger = [c for c in students if c.params > best.params]
     next_up = min(larger, key=lambda c: c.params) if larger else None
+    speedup = f", {best.speedup:.2f}x the FP32 teacher" if best.speedup is not None else ""
     why = (f"{best.student} is the largest student that fits {limits} with {budget['margin']:.0%} to spare "
-           f"(p95 {best.latency_p95_ms:.3f} ms measured as {best.precision.upper()})")
+           f"(p95 {best.latency_p95_ms:.3f} ms measured as {best.precision.upper()}{speedup})")
     if next_up is not None:
-        why += f"; {next_up.student} measured p95 {next_up.latency_p95_ms:.3f} ms (misses {', '.join(next_up.misses)})"
+        speedup = f", {next_up.speedup:.2f}x" if next_up.speedup is not None else ""
+        why += (f"; {next_up.student} measured p95 {next_up.latency_p95_ms:.3f} ms{speedup} "
+                f"(misses {', '.join(next_up.misses)})")
     return best.student, why
 
 
@@ -234,11 +274,19 @@ def profile(*, teacher: LoadedModel, data: Dataset, targets: list[Target], margi
                 else:
                     sizes[_params(student)] = spec
                     models.append((spec, student))
+            paths = {spec: artifacts.path(spec if spec == "teacher" else f"{spec}@{multiple}", model, target)
+                     for spec, model in models}  # the teacher is not rounded: exported once per precision
+            timed = reference = None
+            if available:
+                fp32 = target.model_copy(update={"precision": "fp32"})
+                extra = {} if target.precision == "fp32" else {FP32_TEACHER: artifacts.path("teacher", teacher.model, fp32)}
+                timed = _time_together({**paths, **extra}, target, sample)
+                reference = timed[FP32_TEACHER if extra else "teacher"]
             rows, teacher_layers, memory_bound = [], [], None
             for spec, model in models:
-                export_key = spec if spec == "teacher" else f"{spec}@{multiple}"  # the teacher is not rounded: export it once
-                path = artifacts.path(export_key, model, target)
-                candidate, measured = _candidate(spec, model, path, target, budget, sample, memory_bound)
+                candidate, measured = _candidate(spec, model, paths[spec], target, budget, sample,
+                                                 timed=None if timed is None else timed[spec], reference=reference,
+                                                 memory_bound=memory_bound)
                 rows.append(candidate)
                 if spec == "teacher":
                     teacher_layers = list(measured.layers)

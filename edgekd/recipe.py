@@ -65,6 +65,9 @@ class Recipe(_Section):
     trust_factories: list[str] = Field(default_factory=list)
     # student: auto keeps this share of each SLO spare when it picks from measured latency (edgekd.profile)
     budget_margin: float = Field(default=0.10, ge=0, lt=1)
+    # This run's budget: SLO keys (as in a target profile's `slo`) replacing the profiles' own, per target
+    # name or "*" for every target (a named target's entry wins over "*"); null lifts a limit.
+    slo: dict[str, dict] = Field(default_factory=dict, max_length=64)
     # edgekd.distill.DistillConfig fields (epochs, lr, temperature, alpha, losses, mode, ...),
     # validated by the distillation stage itself so the recipe and the API never drift apart.
     distill: dict = Field(default_factory=lambda: {"epochs": 12, "patience": None})  # the demo: about a minute
@@ -88,6 +91,29 @@ class Recipe(_Section):
                 raise ValueError(f"'{ref}' is not a factory reference (package.module:callable)")
         return refs
 
+    @field_validator("slo")
+    @classmethod
+    def _slo_keys(cls, overrides: dict[str, dict]) -> dict[str, dict]:
+        """Each entry's keys and values checked now (which target names exist is checked once they load)."""
+        from edgekd.targets import Slo
+
+        for name, limits in overrides.items():
+            unknown = sorted(set(limits) - set(Slo.model_fields))
+            if unknown:
+                raise ValueError(f"slo.{name}: unknown SLO key '{unknown[0]}' (known: {', '.join(Slo.model_fields)})")
+            try:
+                Slo.model_validate({k: v for k, v in limits.items() if v is not None})
+            except ValidationError as err:
+                first = err.errors()[0]
+                raise ValueError(f"slo.{name}.{first['loc'][0]}: {first['msg']} (got {first.get('input')!r})") from None
+        return overrides
+
+    def budgeted(self, targets: list) -> list:
+        """`targets` under this recipe's `slo` overrides (edgekd.targets.apply_slo_overrides)."""
+        from edgekd.targets import apply_slo_overrides
+
+        return apply_slo_overrides(targets, self.slo, source="recipe key 'slo'")
+
     @field_validator("formats")
     @classmethod
     def _onnx_first(cls, formats: list[str]) -> list[str]:
@@ -100,28 +126,43 @@ class Recipe(_Section):
     @classmethod
     def _student_spec(cls, spec: str) -> str:
         """Checked here, before a run directory is touched, not when the prune step reaches it."""
-        kind, _, value = spec.partition(":")
-        if kind == "prune":
-            try:
-                ratio = float(value)
-            except ValueError:
-                ratio = float("nan")
-            if not 0 < ratio < 1:
-                raise ValueError(f"prune:RATIO needs RATIO in (0, 1), got '{value}'")
-        elif kind == "layers" and (not value.isdigit() or int(value) < 1):
-            raise ValueError(f"layers:N needs a whole number N >= 1, got '{value}'")
-        elif kind not in ("prune", "layers", "auto") and Path(spec).suffix in (".pt", ".pth", ".ckpt") \
-                and not Path(spec).is_file():
+        from edgekd.student_spec import parse_student
+
+        try:
+            made = parse_student(spec)
+        except BadInput as err:
+            raise ValueError(str(err)) from None
+        if made is None and Path(spec).suffix in (".pt", ".pth", ".ckpt") and not Path(spec).is_file():
             raise ValueError(f"'{spec}': no such checkpoint file")
         return spec
 
 
+EXAMPLE = {
+    "student": "auto",
+    "labeled_fraction": 0.1,
+    "slo": {"*": {"model_size_mb": 0.2, "min_speedup": 1.5}},
+}
+"""What makes the embedded default an example of edgekd's job, over the Recipe defaults: a budget that binds
+(deployed artifact at most 0.2 MB, at least 1.5x faster than the FP32 teacher on each target: the x86
+profiles' own 10 ms is a hundred times the digits model's latency), a student chosen for it (`auto`), and
+labels on 10% of the images with the rest unlabeled, where the teacher's knowledge is what the student
+learns from. It applies when neither a recipe file, a teacher nor data is given: another model or
+data set keeps the plain defaults (all labels, prune:0.5, the profiles' SLOs)."""
+
+
+def example_recipe(**overrides) -> Recipe:
+    """The embedded example (`edgekd compress` with no recipe, teacher or data)."""
+    return Recipe.model_validate({**EXAMPLE, **overrides})
+
+
 def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, quant_epochs: int | None = None,
-                **overrides) -> Recipe:
+                slo_flags: dict[str, dict] | None = None, **overrides) -> Recipe:
     """The recipe at `path` (or the embedded default) with non-None `overrides` applied
-    (top-level keys, plus the two epoch counts users most often change from the command line).
+    (top-level keys, plus the two epoch counts users most often change from the command line, and
+    `--slo` flags merged over the recipe's `slo` per target).
     Everything checkable without loading a model or data is checked here, the data file included."""
-    data: dict = {}
+    is_example = path is None and overrides.get("teacher") is None and overrides.get("data") is None
+    data: dict = dict(EXAMPLE) if is_example else {}
     source = "the default recipe"
     if path is not None:
         source = str(path)
@@ -136,6 +177,9 @@ def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, q
         data["distill"] = {**(data.get("distill") or {}), "epochs": distill_epochs}
     if quant_epochs is not None:
         data["quant"] = {**(data.get("quant") or {}), "epochs": quant_epochs}
+    for scope, limits in (slo_flags or {}).items():
+        recipe_slo = data.get("slo") if isinstance(data.get("slo"), dict) else {}
+        data["slo"] = {**recipe_slo, scope: {**(recipe_slo.get(scope) or {}), **limits}}
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:

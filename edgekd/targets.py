@@ -61,6 +61,10 @@ class Slo(_Strict):
     peak_memory_mb: Optional[float] = Field(default=None, gt=0)
     model_size_mb: Optional[float] = Field(default=None, gt=0)
     min_metric_retention: Optional[float] = Field(default=None, gt=0, le=1.5)
+    # The deployable's p50 at least this many times below the FP32 teacher's on the same target, both
+    # timed in the same interleaved rounds: a budget that means the same on every host ("3x faster"),
+    # where an absolute one binds on one CPU and is trivial or impossible on the next.
+    min_speedup: Optional[float] = Field(default=None, gt=0, le=1000)
 
 
 class HostRequirements(_Strict):
@@ -95,6 +99,48 @@ class Target(_Strict):
     slo: Slo = Slo()
     host: HostRequirements = HostRequirements()
     peak: PeakCompute = PeakCompute()
+
+    def with_slo(self, overrides: dict, *, source: str) -> "Target":
+        """This profile with `overrides` (SLO keys -> limits; None lifts a limit) replacing its own: a run's
+        budget set in its recipe without copying the profile. `source` names the overrides in errors."""
+        merged = {**self.slo.model_dump(), **overrides}
+        try:
+            slo = Slo.model_validate(merged)
+        except ValidationError as err:
+            raise BadInput(validation_message(source, err)) from None
+        return self.model_copy(update={"slo": slo})
+
+
+def apply_slo_overrides(targets: list[Target], overrides: dict[str, dict], *, source: str) -> list[Target]:
+    """`targets` with `overrides` ({target name or "*": {SLO key: limit or None}}) replacing their SLOs, a
+    named target's entry over "*". An entry naming no target of the run is an error: a budget for a target
+    nobody measures is a typo nobody would notice."""
+    names = {t.name for t in targets}
+    stray = sorted(set(overrides) - names - {"*"})
+    if stray:
+        raise BadInput(f"{source}: '{stray[0]}' is not a target of this run ({', '.join(sorted(names))})")
+    return [t.with_slo({**overrides.get("*", {}), **overrides.get(t.name, {})}, source=f"{source} for {t.name}")
+            if ("*" in overrides or t.name in overrides) else t for t in targets]
+
+
+def parse_slo_flags(flags: list[str]) -> dict[str, dict]:
+    """`--slo [TARGET:]KEY=VALUE` flags as `apply_slo_overrides` takes them (no TARGET: every target;
+    VALUE `none` lifts the limit). Keys and values are checked when the overrides are applied."""
+    overrides: dict[str, dict] = {}
+    for flag in flags:
+        head, colon, tail = flag.partition(":")
+        scope, assignment = (head, tail) if colon and "=" not in head else ("", flag)
+        key, eq, value = assignment.partition("=")
+        if not eq or not key:
+            raise BadInput(f"--slo '{flag}': expected [TARGET:]KEY=VALUE, e.g. latency_p95_ms=4 or x86-cpu-openvino:min_speedup=2")
+        if key not in Slo.model_fields:
+            raise BadInput(f"--slo '{flag}': unknown SLO key '{key}' (known: {', '.join(Slo.model_fields)})")
+        try:
+            limit = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            raise BadInput(f"--slo '{flag}': '{value}' is not a number (or none)") from None
+        overrides.setdefault(scope or "*", {})[key] = limit
+    return overrides
 
 
 def validation_message(source: str, err: ValidationError) -> str:

@@ -300,3 +300,16 @@ def test_text_data_with_an_image_model_is_named(run_cli, tmp_path):
     assert_clean_error(code, err, "p.pt", "not a text encoder")
     code, _, err = run_cli("quantize", str(pruned), "--data", str(texts), "--out", str(tmp_path / "q.pt"))
     assert_clean_error(code, err, "--data sayings: text data", "edgekd compress")
+
+
+def test_summary_prints_a_baseline_the_gate_rejected(capsys):
+    """A failed baseline has no OpenVINO timing (and no score without its ONNX file): '-' and a mark, not a crash."""
+    from edgekd.cli import _print_summary
+
+    row = {"variant": "teacher-fp32", "metric": {"name": "accuracy", "value": 0.99}, "params": 10, "size_mb": 1.0,
+           "latency_p50_ms": {"x86-cpu-openvino": 0.1, "x86-cpu-onnxruntime": 0.1}}
+    failed = {**row, "variant": "teacher-int8-ptq", "verdict": "failed", "metric": {"name": "accuracy", "value": None},
+              "latency_p50_ms": {"x86-cpu-onnxruntime": 0.05}}
+    _print_summary({"ablation": [row, failed], "targets": [], "notes": []})
+    out = capsys.readouterr().out
+    assert "teacher-int8-ptq (gate failed)" in out and " - " in out

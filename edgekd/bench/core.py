@@ -116,19 +116,21 @@ class BenchResult:
 def benchmark(*, model: Union[str, Path], target: Target, inputs: Inputs = None,
               dynamic_dims: Optional[dict[str, int]] = None, warmup: int = 20, min_iterations: int = 100,
               time_budget_s: float = 3.0, measure_memory: bool = True, profile_layers: bool = True,
-              top_layers: int = 10, metric_retention: Optional[float] = None) -> BenchResult:
+              top_layers: int = 10, metric_retention: Optional[float] = None,
+              speedup: Optional[float] = None) -> BenchResult:
     """Benchmark `model` (.onnx or OpenVINO .xml) on `target` and check its SLOs.
 
     Timing: `warmup` untimed runs, then sync runs until `min_iterations` are done and
     `time_budget_s` has passed. Inputs are `inputs` (samples, batch axis first) or generated
     from the declared shapes with the profile's batch size; `dynamic_dims` sizes other dynamic axes.
+    `metric_retention` and `speedup` (vs the FP32 teacher) are the caller's figures for the lower-bound SLOs.
     """
     check_run_options(warmup, min_iterations, time_budget_s, top_layers)
     artifact, feeds, result = prepare(model, target, inputs, dynamic_dims)
     if not result.available:
         result.estimate = _estimate(artifact, target, feeds, result.warnings)
         result.slo = check_slo(slo=target.slo, figures=result.figures, metric_retention=metric_retention,
-                               unavailable_reason=result.reason)
+                               speedup=speedup, unavailable_reason=result.reason)
         return result
 
     config = session_config(artifact, target, feeds)
@@ -152,7 +154,7 @@ def benchmark(*, model: Union[str, Path], target: Target, inputs: Inputs = None,
             result.memory = measure_peak_memory(config=config, feeds=feeds.arrays, runs=_MEMORY_RUNS)
         except MemoryProbeFailed as err:
             result.warnings.append(f"peak memory not measured: {err}")
-    result.slo = check_slo(slo=target.slo, figures=result.figures, metric_retention=metric_retention)
+    result.slo = check_slo(slo=target.slo, figures=result.figures, metric_retention=metric_retention, speedup=speedup)
     return result
 
 

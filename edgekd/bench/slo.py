@@ -15,9 +15,11 @@ Verdict = Literal["pass", "fail", "not-measured"]
 
 # Figures that `edgekd bench` measures itself; each must be present for a `pass`.
 DEVICE_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
-# The model's metric retention comes from evaluation, not from the benchmark: it is checked
-# only when the caller passes it in.
+# The model's metric retention comes from evaluation, and its speed-up from timing it against the
+# FP32 teacher, not from the benchmark: each is checked only when the caller passes it in.
 RETENTION_KEY = "min_metric_retention"
+SPEEDUP_KEY = "min_speedup"
+CALLER_KEYS = (RETENTION_KEY, SPEEDUP_KEY)
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,13 @@ class SloVerdict:
         return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks], "reason": self.reason}
 
 
-def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
+def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None, speedup: float | None = None,
               unavailable_reason: str | None = None) -> SloVerdict:
     """Check each limit `slo` sets against `figures` (keys as in DEVICE_KEYS; None = not measured).
 
-    Latency, memory and size are upper bounds; `min_metric_retention` is a lower bound checked
-    against `metric_retention`. With `unavailable_reason` the verdict is `not-measured` whatever
+    Latency, memory and size are upper bounds; `min_metric_retention` and `min_speedup` are lower
+    bounds checked against `metric_retention` and `speedup` (p50 of the FP32 teacher over the
+    model's, timed together). With `unavailable_reason` the verdict is `not-measured` whatever
     the figures say, because nothing ran on the intended device.
     """
     checks: list[SloCheck] = []
@@ -60,22 +63,22 @@ def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
             continue
         value = figures.get(key)
         checks.append(SloCheck(key, limit, value, None if value is None else value <= limit))
-    if slo.min_metric_retention is not None:
-        limit = slo.min_metric_retention
-        ok = None if metric_retention is None else metric_retention >= limit
-        checks.append(SloCheck(RETENTION_KEY, limit, metric_retention, ok))
+    for key, value in ((RETENTION_KEY, metric_retention), (SPEEDUP_KEY, speedup)):
+        limit = getattr(slo, key)
+        if limit is not None:
+            checks.append(SloCheck(key, limit, value, None if value is None else value >= limit))
 
     if unavailable_reason:
         return SloVerdict("not-measured", checks, f"device not available: {unavailable_reason}")
     failed = [c.key for c in checks if c.ok is False]
     if failed:
         return SloVerdict("fail", checks, f"over the limit: {', '.join(failed)}")
-    missing = [c.key for c in checks if c.ok is None and c.key != RETENTION_KEY]
+    missing = [c.key for c in checks if c.ok is None and c.key not in CALLER_KEYS]
     if missing:
         return SloVerdict("not-measured", checks, f"not measured: {', '.join(missing)}")
     notes = []
     if not checks:
         notes.append("the profile sets no SLO")
-    if any(c.key == RETENTION_KEY and c.ok is None for c in checks):
-        notes.append(f"{RETENTION_KEY} not checked: no metric retention was given")
+    notes += [f"{c.key} not checked: no {'metric retention' if c.key == RETENTION_KEY else 'teacher to time against'} "
+              "was given" for c in checks if c.key in CALLER_KEYS and c.ok is None]
     return SloVerdict("pass", checks, "; ".join(notes) or None)

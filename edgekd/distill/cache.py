@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgekd.data import content_hash
+from edgekd.distill.config import describe_setting
 from edgekd.distill.inference import Collate, run_batches
 from edgekd.errors import BadInput
 from edgekd.io import atomic_path, write_json
@@ -45,9 +46,8 @@ def fingerprint_model(model: nn.Module) -> str:
 
 
 def _collate_name(collate: Collate | None) -> str:
-    if collate is None:
-        return "default"
-    return f"{getattr(collate, '__module__', '')}.{getattr(collate, '__qualname__', type(collate).__qualname__)}"
+    """Part of the key: a text collate names its tokenizer and max_length, so cutting texts shorter is a new entry."""
+    return "default" if collate is None else describe_setting(collate)
 
 
 def _file_name(array: str) -> str:

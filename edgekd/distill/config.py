@@ -35,6 +35,8 @@ MAX_PEERS = 16
 """Most online-mode peers: each is a full copy of the student in memory."""
 MAX_GENERATIONS = 100
 """Most self-distillation generations: each is a whole training run."""
+CALLABLES = ("collate", "batches")
+"""DistillConfig fields that hold code: set by a model family or in Python, never from a recipe's data."""
 
 
 @dataclass
@@ -77,6 +79,10 @@ class DistillConfig:
     seed: int = 0
     num_workers: int = 0
     collate: Callable[[np.ndarray], Any] | None = None  # numpy batch -> model input
+    # How an epoch's training samples group into batches: batches(x_train, batch_size=, seed=, epoch=) ->
+    # index arrays holding every sample once, the same for the same (seed, epoch). None: random batches of
+    # batch_size. A family supplies it where batch cost varies by sample (text: edgekd.hf.text.TokenBudgetBatches).
+    batches: Callable[..., list[np.ndarray]] | None = None
     layer_map: dict[str, str] = field(default_factory=dict)  # student layer -> teacher layer
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     grad_clip: float | None = None  # max global gradient norm
@@ -88,6 +94,7 @@ class DistillConfig:
     peers: int = 2  # online mode: how many peers learn from each other
     generations: int = 1  # self mode: born-again generations, each teaching the next
     deterministic: bool = True  # torch.use_deterministic_algorithms for the run (warn-only)
+    checkpoint_minutes: float = 10.0  # also checkpoint within an epoch at most this often (0: every step)
 
 
 @dataclass
@@ -97,6 +104,17 @@ class DistillResult:
     best_epoch: int  # 0-based epoch whose weights `model` holds
     metrics: dict  # validation metrics at best_epoch (task metric, teacher_agreement)
     stages: list["DistillResult"] = field(default_factory=list)  # earlier stages (assistant, generations)
+
+
+def describe_setting(value) -> str:
+    """A config value as text that is the same in every process, for resume fingerprints and cache keys:
+    a function or class by its qualified name, an object by its own __repr__ where its class has one, else
+    by its class (the default repr holds a memory address, which made every resumed text run look new)."""
+    if hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    if type(value).__repr__ is object.__repr__:
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    return repr(value)
 
 
 def validate_config(config: DistillConfig, loss_names, *, source: str = "distill config") -> None:
@@ -142,6 +160,10 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
     _require(positive_int(config.generations) and config.generations <= MAX_GENERATIONS, "generations",
              f"must be an integer >= 1 and at most {MAX_GENERATIONS}, got {config.generations!r}")
     _require(config.collate is None or callable(config.collate), "collate", "must be a callable (numpy batch -> model input)")
+    _require(config.batches is None or callable(config.batches), "batches",
+             "must be None or a callable (x, batch_size=, seed=, epoch=) -> index batches")
+    _require(finite(config.checkpoint_minutes) and config.checkpoint_minutes >= 0, "checkpoint_minutes",
+             f"must be a number >= 0, got {config.checkpoint_minutes!r}")
     _require(isinstance(config.augment, bool) or callable(config.augment), "augment", "must be a bool or a callable(x, rng) -> x")
     _require(isinstance(config.layer_map, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in config.layer_map.items()),
              "layer_map", "must map student layer names to teacher layer names (str -> str)")
@@ -156,11 +178,11 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
 
 def config_from_mapping(mapping, *, source: str = "recipe") -> DistillConfig:
     """A `DistillConfig` from plain data (e.g. a YAML recipe's distill section); unknown keys and
-    bad values are BadInput naming `source` and the key. Callables (collate) cannot come from data."""
+    bad values are BadInput naming `source` and the key. Callables (collate, batches) cannot come from data."""
 
     if not isinstance(mapping, dict):
         raise BadInput(f"{source}: the distill settings must be a mapping, got {type(mapping).__name__}")
-    allowed = sorted(f.name for f in fields(DistillConfig) if f.name != "collate")
+    allowed = sorted(f.name for f in fields(DistillConfig) if f.name not in CALLABLES)
     term_keys = sorted(f.name for f in fields(LossTerm))
     for key in mapping:
         if key not in allowed:

@@ -1,11 +1,13 @@
 """The training loop every mode shares.
 
 One `Stage` trains one student (or the peers of online mode) against a teacher: from the offline
-cache, live (when augmenting), or the peers themselves. Per epoch: train, validate on held-out
-data (task metric and teacher agreement), early-stop on the monitored metric, keep the best
-weights, and write a checkpoint holding everything resumption needs (weights, optimizer,
-scheduler, RNG state, epoch, history, early-stopping state) atomically, so an interrupted run
-resumed from it ends with the same weights as an uninterrupted one.
+cache, live (when augmenting), or the peers themselves. Per epoch: train (on the config's batches,
+random ones by default), validate on held-out data (task metric and teacher agreement), early-stop
+on the monitored metric, keep the best weights, and write a checkpoint holding everything
+resumption needs (weights, optimizer, scheduler, RNG state, epoch, history, early-stopping state)
+atomically, so an interrupted run resumed from it ends with the same weights as an uninterrupted
+one. Within an epoch a checkpoint is also written every `checkpoint_minutes` (with the steps done
+and their running loss sums): a text epoch over a large corpus on a CPU host takes hours.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,10 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edgekd.data import content_hash
+from edgekd.data import SEED_LIMIT, content_hash
 from edgekd.distill import distributed
 from edgekd.distill.cache import TeacherCache, teacher_cache
-from edgekd.distill.config import DistillConfig
+from edgekd.distill.config import DistillConfig, describe_setting
 from edgekd.distill.distributed import DistInfo
 from edgekd.distill.hooks import FeatureTaps, output_tensor
 from edgekd.distill.inference import default_collate, eval_mode, model_device, predict, to_device
@@ -102,6 +104,12 @@ class _Step(nn.Module):
         return total, values
 
 
+def _position(state: dict) -> str:
+    """Where a checkpoint stands, as error messages name it (0-based epochs, like the loss messages)."""
+    within = state.get("within")
+    return f"epoch {state['epoch']}" if within is None else f"epoch {within['epoch']} after step {within['steps'] - 1}"
+
+
 def _cosine_schedule(optimizer, *, total_steps: int, warmup_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -125,24 +133,32 @@ def shift_augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Epoch:
+    """An epoch's training samples (x_train, or all of it augmented), this rank's batches of them (indices
+    into x_train), and the augmentation still to apply batch by batch (None: none, or done already)."""
+
+    x: np.ndarray
+    batches: list[np.ndarray]
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None
+
+
 class _Batches(torch.utils.data.Dataset):
     """Batch i of an epoch as (index, model input, labels); augmentation seeded by (seed, epoch, i)
     so the same batch comes out whether loaded in this process or a worker."""
 
-    def __init__(self, batches, data: TrainData, config: DistillConfig, epoch: int):
-        self.batches, self.data, self.config, self.epoch = batches, data, config, epoch
-        augment = config.augment
-        self.augment = shift_augment if augment is True else (augment or None)
+    def __init__(self, epoch: _Epoch, y: np.ndarray | None, config: DistillConfig, number: int):
+        self.epoch, self.y, self.config, self.number = epoch, y, config, number
 
     def __len__(self):
-        return len(self.batches)
+        return len(self.epoch.batches)
 
     def __getitem__(self, i):
-        index = self.batches[i]
-        x = self.data.x_train[index]
-        if self.augment is not None:
-            x = self.augment(x, np.random.default_rng([self.config.seed, self.epoch, i]))
-        labels = None if self.data.y_train is None else torch.from_numpy(self.data.y_train[index])
+        index = self.epoch.batches[i]
+        x = self.epoch.x[index]
+        if self.epoch.augment is not None:
+            x = self.epoch.augment(x, np.random.default_rng([self.config.seed, self.number, i]))
+        labels = None if self.y is None else torch.from_numpy(self.y[index])
         return index, (self.config.collate or default_collate)(x), labels
 
 
@@ -150,11 +166,12 @@ def _unbatched(item):
     return item
 
 
-def _iterate(dataset: _Batches, num_workers: int):
+def _iterate(dataset: _Batches, num_workers: int, start: int):
+    """Batches `start`.. of the epoch (a resumed epoch skips the ones done before its checkpoint)."""
     if num_workers == 0:
-        return (dataset[i] for i in range(len(dataset)))
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                                            collate_fn=_unbatched))
+        return (dataset[i] for i in range(start, len(dataset)))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(start, len(dataset)),
+                                            num_workers=num_workers, collate_fn=_unbatched))
 
 
 class Trainer:
@@ -167,6 +184,7 @@ class Trainer:
         self.device = model_device(stage.students[0])
         self.metric = task_metric(data.task)
         self.state_path = stage.ckpt_dir / STATE_FILE if stage.ckpt_dir else None
+        self.last_checkpoint: str | None = None  # where the latest checkpoint stands, for error messages
 
     # ----- teacher ---------------------------------------------------------------------------
     def _teacher_taps(self) -> list[str]:
@@ -245,15 +263,17 @@ class Trainer:
     # ----- checkpoints -----------------------------------------------------------------------
     def _fingerprint(self, step: _Step) -> dict[str, str]:
         """What a resumed run must share with the one that wrote the checkpoint."""
-        skip = {"num_workers", "eval_batch_size", "cache_dir"}
-        config = {k: (getattr(v, "__qualname__", repr(v)) if callable(v) else repr(v))
-                  for k, v in vars(self.config).items() if k not in skip}
+        skip = {"num_workers", "eval_batch_size", "cache_dir", "checkpoint_minutes"}
+        config = {k: describe_setting(v) for k, v in vars(self.config).items() if k not in skip}
         shapes = [(k, tuple(v.shape)) for k, v in step.state_dict().items()]
         return {**config, "data": content_hash(self.data.x_train, self.data.y_train), "models": repr(shapes),
                 "world_size": str(self.info.world_size)}
 
     def _save(self, payload: dict) -> None:
-        if self.state_path is None or not self.info.is_writer:
+        if self.state_path is None:
+            return
+        self.last_checkpoint = _position(payload)
+        if not self.info.is_writer:
             return
         with atomic_path(self.state_path) as tmp:
             torch.save(payload, tmp)
@@ -292,15 +312,15 @@ class Trainer:
             return self._fit(student_taps, cache, live_taps, self._val_teacher_outputs())
 
     def _fit(self, student_taps, cache: TeacherCache | None, live_taps: FeatureTaps | None, teacher_val) -> StageResult:
-        stage, config, data, info = self.stage, self.config, self.data, self.info
+        stage, config, info = self.stage, self.config, self.info
         step_module = _Step(stage.students, stage.objectives, student_taps, stage.online, config.temperature)
         optimizer = torch.optim.AdamW(step_module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        steps_per_epoch = len(distributed.epoch_batches(len(data.x_train), batch_size=config.batch_size,
-                                                        seed=config.seed, epoch=0, info=info))
+        steps_per_epoch = len(self._epoch(0).batches)
         scheduler = _cosine_schedule(optimizer, total_steps=config.epochs * steps_per_epoch,
                                      warmup_steps=round(config.warmup_epochs * steps_per_epoch))
         fingerprint = self._fingerprint(step_module)
         history, start, best, bad_epochs = [], 0, {"epoch": -1, "value": None, "peer": 0, "state": None}, 0
+        within = None  # the steps an interrupted epoch had done, from a mid-epoch checkpoint
         state = self._load(fingerprint)
         if state is not None:
             step_module.load_state_dict(state["modules"])
@@ -310,17 +330,26 @@ class Trainer:
             if state["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             history, start, best, bad_epochs = state["history"], state["epoch"] + 1, state["best"], state["bad_epochs"]
+            within, self.last_checkpoint = state.get("within"), _position(state)
             if state["finished"]:
                 return self._result(step_module, history, best)
         trainer = step_module
         if info.enabled:
             trainer = DistributedDataParallel(step_module, find_unused_parameters=self._has_unused(step_module, cache, live_taps))
+
+        def checkpoint(progress: dict) -> None:
+            """Mid-epoch: the state after the last finished epoch's record, plus `progress` in this one."""
+            self._save(self._payload(fingerprint, progress["epoch"] - 1, step_module, optimizer, scheduler, history,
+                                     best, bad_epochs, finished=False, within=progress))
+
         stop = False
         with self._progress() as bar:
             task = bar.add_task(stage.title, total=(config.epochs - start) * steps_per_epoch, status="")
             for epoch in range(start, config.epochs):
                 self._notify("on_epoch_start", epoch, [()] * len(stage.students))
-                record = self._train_epoch(trainer, step_module, optimizer, scheduler, epoch, cache, live_taps, bar, task)
+                record = self._train_epoch(trainer, step_module, optimizer, scheduler, epoch, cache, live_taps, bar, task,
+                                           done=within, checkpoint=checkpoint)
+                within = None
                 distributed.sync_buffers(step_module, info)
                 peer_metrics = [self._validate(student, teacher_val) for student in stage.students]
                 value, peer = self._monitored(peer_metrics)
@@ -375,24 +404,53 @@ class Trainer:
                 if hasattr(callback, hook):
                     getattr(callback, hook)(epoch, student, *extra)
 
-    def _train_epoch(self, trainer, step_module, optimizer, scheduler, epoch, cache, live_taps, bar, task) -> dict:
+    def _epoch(self, epoch: int) -> _Epoch:
+        """Random batches of batch_size, augmented as they load; or the config's grouping (`batches`) of the
+        samples as trained: the whole epoch augmented first (seeded by (seed, epoch), a stream no batch's
+        seed takes): mix_text changes text lengths, and grouping by the original ones cut the padded tokens
+        of random batches on fortunes only 2.0x instead of 3.4x. Under torchrun groups are dealt out batch
+        by batch."""
+        config, info, x = self.config, self.info, self.data.x_train
+        augment = shift_augment if config.augment is True else (config.augment or None)
+        n = len(x)
+        if config.batches is None:
+            return _Epoch(x, distributed.epoch_batches(n, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+                                                       info=info), augment)
+        if augment is not None:
+            x = augment(x, np.random.default_rng([config.seed, epoch, SEED_LIMIT]))
+        batches = [np.asarray(b) for b in config.batches(x, batch_size=config.batch_size, seed=config.seed, epoch=epoch)]
+        counts = np.bincount(np.concatenate(batches), minlength=n) if batches and all(map(len, batches)) else None
+        if counts is None or len(counts) != n or (counts != 1).any():
+            raise BadInput(f"distill config key 'batches': {describe_setting(config.batches)} must return non-empty "
+                           f"index batches holding each of the {n} training samples once")
+        if info.enabled:  # every rank takes as many steps: the epoch's first batches repeat as padding
+            padded = -(-len(batches) // info.world_size) * info.world_size
+            batches = [batches[i % len(batches)] for i in range(info.rank, padded, info.world_size)]
+        return _Epoch(x, batches, None)
+
+    def _train_epoch(self, trainer, step_module, optimizer, scheduler, epoch, cache, live_taps, bar, task, *,
+                     done: dict | None, checkpoint) -> dict:
+        """One epoch, from the step a mid-epoch checkpoint (`done`) stopped at; `checkpoint(progress)` writes one."""
         config, info = self.config, self.info
-        batches = distributed.epoch_batches(len(self.data.x_train), batch_size=config.batch_size, seed=config.seed,
-                                            epoch=epoch, info=info)
+        samples = self._epoch(epoch)
+        batches = samples.batches
+        done = done or {"steps": 0, "loss": torch.zeros((), dtype=torch.float64), "terms": {}, "step_time": 0.0}
         step_module.train()
-        sums: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        step_time = 0.0
-        loader = _iterate(_Batches(batches, self.data, config, epoch), config.num_workers)
-        started = time.perf_counter()
-        for step, (index, inputs, labels) in enumerate(loader):
+        sums: dict[str, torch.Tensor] = {name: value.to(self.device) for name, value in done["terms"].items()}
+        total = done["loss"].to(self.device)
+        step_time = done["step_time"]
+        loader = _iterate(_Batches(samples, self.data.y_train, config, epoch), config.num_workers, done["steps"])
+        saved = started = time.perf_counter()
+        for step, (index, inputs, labels) in enumerate(loader, start=done["steps"]):
             inputs = to_device(inputs, self.device)
             labels = None if labels is None else labels.to(self.device)
             loss, values = trainer(inputs, labels, *self._teacher_batch(index, inputs, cache, live_taps))
             if not distributed.all_finite(loss, info):
                 raise self._diverged(epoch, step, loss, values)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Grouped batches vary in size (text: many short texts or few long ones); the loss, a mean over the
+            # batch, then counts len/batch_size, so each sample weighs what it would in random batches.
+            (loss * (len(index) / config.batch_size if config.batches is not None else 1.0)).backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(step_module.parameters(), config.grad_clip)
             optimizer.step()
@@ -403,6 +461,10 @@ class Trainer:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.advance(task)
+            if self.state_path and step + 1 < len(batches) and now - saved >= 60 * config.checkpoint_minutes:
+                checkpoint({"epoch": epoch, "steps": step + 1, "loss": total.cpu(), "step_time": step_time,
+                            "terms": {name: value.cpu() for name, value in sums.items()}})
+                saved = started = time.perf_counter()  # the write is not a step's time
         means = distributed.mean_over_ranks({"loss": float(total) / len(batches),
                                              **{k: float(v) / len(batches) for k, v in sums.items()}}, info)
         return {"epoch": epoch, "loss": means.pop("loss"), "terms": means, "lr": optimizer.param_groups[0]["lr"],
@@ -410,8 +472,8 @@ class Trainer:
 
     def _diverged(self, epoch, step, loss, values) -> TrainingDiverged:
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
-        kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept at {self.state_path}"
-                if self.state_path and epoch > 0 else "no checkpoint was written yet")
+        kept = (f"the last good checkpoint ({self.last_checkpoint}) is kept at {self.state_path}"
+                if self.last_checkpoint else "no checkpoint was written yet")
         return TrainingDiverged(f"{self.stage.title}: loss became {float(loss.detach())} at epoch {epoch} step {step} ({terms}); "
                                 f"training stopped and {kept}; lower lr or set grad_clip")
 
@@ -448,8 +510,10 @@ class Trainer:
             return True  # nothing to compare by: the latest epoch is the best one
         return value > best + self.config.min_delta
 
-    def _payload(self, fingerprint, epoch, step_module, optimizer, scheduler, history, best, bad_epochs, *, finished):
-        return {"format": FORMAT, "fingerprint": fingerprint, "epoch": epoch, "finished": finished,
+    def _payload(self, fingerprint, epoch, step_module, optimizer, scheduler, history, best, bad_epochs, *, finished,
+                 within: dict | None = None):
+        """`epoch`: the last finished one; `within`: the steps done since (a mid-epoch checkpoint)."""
+        return {"format": FORMAT, "fingerprint": fingerprint, "epoch": epoch, "finished": finished, "within": within,
                 "modules": step_module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},

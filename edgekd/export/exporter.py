@@ -1,10 +1,12 @@
 """export(): PyTorch -> ONNX (QDQ where fake-quantized, or FP16) -> OpenVINO IR, each behind a parity gate.
 
 Everything is built in a private temp folder inside `out_dir` and moved into place only after
-the gate passes, so a deploy path never holds an unverified model. A failed gate moves the
-rejected files to `out_dir/rejected/<name>/` (with `gate.json` saying why) for inspection,
-removes an earlier export's `<name>.onnx` / `openvino/<name>.*` (they no longer match the model
-asked for; files edgekd did not write are left alone), and raises GateFailed.
+the gate passes, so a deploy path never holds an unverified model. A format that fails its checks
+is rejected: its files move to `out_dir/rejected/<name>/` (with `gate.json` saying why) for
+inspection, and an earlier export's files of it (`<name>.onnx`, `openvino/<name>.*`) are removed
+(they no longer match the model asked for; files edgekd did not write are left alone). A rejected
+`required` format (by default, any) rejects every format and raises GateFailed; the others only
+withhold themselves (`ExportResult.rejected`), so a comparison-only model keeps what passed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ExportResult:
     graph_rewrites: dict = field(default_factory=dict)
     gate_passed: bool = True
     problems: list[str] = field(default_factory=list)
+    rejected: dict = field(default_factory=dict)  # format -> its failed checks: withheld by the gate, not published
     warnings: list[str] = field(default_factory=list)
     task_check: dict = field(default_factory=dict)  # does the PyTorch model still work (edgekd.export.sanity)
     report: Path | None = None
@@ -257,7 +260,7 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
            dynamic_dims: dict | None = None, static_shapes: bool = False, name: str = "model", gate: bool = True,
            task: str = "classification", precision: str = "fp32", labels=None,
-           recorded_accuracy: float | None = None) -> ExportResult:
+           recorded_accuracy: float | None = None, required: Sequence[str] | None = None) -> ExportResult:
     """Export `model` (an nn.Module or an edgekd checkpoint path) and verify each artifact.
 
     `example_inputs`: a tensor or a tuple of tensors (one per forward argument), also fixing the
@@ -265,7 +268,10 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
     default: axis 0 of every input is the dynamic "batch". `parity_inputs`: held-out samples
     (array, or tuple of arrays), compared between PyTorch and each runtime; without them the
     example inputs are used and the report says so. With `gate=True` (default) a failed check
-    raises GateFailed and leaves no artifact at the deploy path.
+    raises GateFailed and leaves no artifact at the deploy path. `required` (default: every format)
+    narrows that to the formats the caller cannot do without: another format that fails is only
+    withheld (`result.rejected` says why, `result.onnx` / `result.openvino_xml` stay None for it);
+    `required=()` never raises, for a model that is only compared, never deployed.
 
     `precision="fp16"` (for GPU targets that run FP16) stores a float model's weights and
     activations in FP16, keeping FP32 inputs and outputs so callers feed it as before; the same
@@ -284,6 +290,10 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
         keep_onnx = False
     else:
         keep_onnx = "onnx" in formats
+    required = formats if required is None else tuple(required)
+    if any(f not in formats for f in required):
+        raise BadInput(f"required formats must be among the exported ones ({', '.join(formats)}), "
+                       f"got {', '.join(required)}")
     if task not in TASKS:
         raise BadInput(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if precision not in PRECISIONS:
@@ -332,7 +342,7 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
                                     input_names=input_names, output_names=output_names, dims=dims,
                                     static_shapes=static_shapes, parity_arrays=parity_arrays,
                                     parity_source=parity_source, gate=gate, task=task, precision=precision,
-                                    labels=labels, recorded_accuracy=recorded_accuracy)
+                                    labels=labels, recorded_accuracy=recorded_accuracy, required=required)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -341,7 +351,7 @@ def export(*, model, example_inputs, out_dir: Path, formats: Sequence[str] = FOR
 
 def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep_onnx, name, input_names, output_names,
                      dims, static_shapes, parity_arrays, parity_source, gate, task, precision, labels,
-                     recorded_accuracy) -> ExportResult:
+                     recorded_accuracy, required) -> ExportResult:
     batch = example[0].shape[0] if static_shapes else PARITY_BATCH
     try:
         with _peak_outputs(model, precision == "fp16") as peaks:
@@ -367,23 +377,30 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
                            "and exports as INT8 (QDQ)")
         graph = _to_fp16(graph)
     onnx.save(graph, str(onnx_path))
+    model_problems = broken + _fp16_overflow(peaks)  # the model itself: every format fails with it
     result = ExportResult(onnx=None, openvino_xml=None, parity={}, int8_executed={}, quantized=quantized,
                           precision=precision, input_names=input_names, output_names=output_names, dynamic_dims=dims,
-                          graph_rewrites=rewrites, problems=broken + _fp16_overflow(peaks), task_check=works)
+                          graph_rewrites=rewrites, problems=list(model_problems), task_check=works)
+    failures: dict[str, list[str]] = {f: list(model_problems) for f in formats}
+
+    def reject(runtime: str, problem: str) -> None:
+        result.problems.append(f"{runtime}: {problem}")
+        failures[runtime].append(problem)
 
     def check_parity(runtime: str, run) -> None:
         try:
             outputs = _run_runtime(run, parity_arrays, batch, static_shapes)
         except Exception as err:  # runtimes raise their own types; an artifact that cannot run is rejected
-            result.problems.append(f"{runtime}: cannot run the parity inputs: {type(err).__name__}: "
-                                   f"{str(err).splitlines()[0][:200] if str(err) else ''}")
+            reject(runtime, f"cannot run the parity inputs: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200] if str(err) else ''}")
             return
         result.parity[runtime] = compare(reference, outputs, task=task)
-        result.problems += [f"{runtime}: {p}" for p in parity_failures(result.parity[runtime], task=task)]
+        for problem in parity_failures(result.parity[runtime], task=task):
+            reject(runtime, problem)
 
     def failed(runtime: str, step: str, err: Exception) -> None:
-        result.problems.append(f"{runtime}: {step} failed: {type(err).__name__}: "
-                               f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
+        reject(runtime, f"{step} failed: {type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
 
     def gate_runtime(runtime: str, path: Path) -> None:
         try:
@@ -412,36 +429,52 @@ def _export_and_gate(model, example, work: Path, out_dir: Path, *, formats, keep
         counts["coverage"] = min(ran, expected) / expected if quantized else None
         result.int8_executed[runtime] = quantized and ran > 0
         if quantized and ran == 0:
-            result.problems.append(f"{runtime}: none of the {expected} quantized layers runs on integer kernels "
-                                   "(the runtime dequantizes and computes in float)")
+            reject(runtime, f"none of the {expected} quantized layers runs on integer kernels "
+                            "(the runtime dequantizes and computes in float)")
         elif quantized and ran < expected:
             result.warnings.append(f"{runtime}: {ran} of {expected} quantized layers run on integer kernels "
                                    f"({counts['kernels']}); the rest dequantize and compute in float")
     result.gate_passed = not result.problems
+    result.rejected = {f: problems for f, problems in failures.items() if problems} if gate else {}
+    stop = any(f in required for f in result.rejected)
+    withheld = set(formats) if stop else set(result.rejected)
     evidence = {"name": name, "formats": list(formats), "task": task, "parity_source": parity_source,
                 "parity": result.parity, "int8_executed": result.int8_executed, "int8_kernels": result.int8_kernels,
                 "quantized": quantized, "precision": precision, "graph_rewrites": rewrites, "input_names": input_names,
                 "output_names": output_names,
                 "dynamic_dims": {k: {str(a): v for a, v in d.items()} for k, d in dims.items()},
                 "static_shapes": static_shapes, "task_check": works,
-                "gate": "passed" if result.gate_passed else "failed",
+                "gate": "passed" if result.gate_passed else "partial" if 0 < len(withheld) < len(formats) else "failed",
+                "rejected": result.rejected,
                 "problems": result.problems, "warnings": result.warnings}
-    if gate and not result.gate_passed:
+    published = [f for f in formats if f not in withheld and (keep_onnx or f != "onnx")]
+    if withheld:
+        _remove_stale(out_dir, name, withheld, evidence=not published)
+    _publish(work, out_dir, name=name, keep_onnx=keep_onnx and "onnx" not in withheld, result=result,
+             openvino="openvino" not in withheld and (ov_dir / f"{name}.xml").is_file())  # a failed conversion has none
+    if withheld:
         rejected = out_dir / "rejected" / name
         shutil.rmtree(rejected, ignore_errors=True)
         rejected.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(work), str(rejected))
         write_json(rejected / "gate.json", evidence)
-        if _exported_here_before(out_dir / f"{name}.export.json"):  # never delete what edgekd did not write
-            for stale in (out_dir / f"{name}.onnx", out_dir / f"{name}.export.json",
-                          out_dir / "openvino" / f"{name}.xml", out_dir / "openvino" / f"{name}.bin"):
-                stale.unlink(missing_ok=True)
-        raise GateFailed(f"export gate failed for '{name}': {'; '.join(result.problems)} "
-                         f"(rejected files kept in {rejected})")
-    _publish(work, out_dir, name=name, keep_onnx=keep_onnx, result=result,
-             openvino=(ov_dir / f"{name}.xml").is_file())  # ungated (gate=False), a failed conversion has none
-    result.report = write_json(out_dir / f"{name}.export.json", evidence)
+        if stop:
+            raise GateFailed(f"export gate failed for '{name}': {'; '.join(result.problems)} "
+                             f"(rejected files kept in {rejected})")
+    if published:
+        result.report = write_json(out_dir / f"{name}.export.json", evidence)
     return result
+
+
+def _remove_stale(out_dir: Path, name: str, formats, *, evidence: bool) -> None:
+    """An earlier export's files of `formats` (and its <name>.export.json if `evidence`): they no longer match
+    the model asked for. Only where that evidence says edgekd wrote them, never a user's own files."""
+    if not _exported_here_before(out_dir / f"{name}.export.json"):
+        return
+    files = {"onnx": [out_dir / f"{name}.onnx"],
+             "openvino": [out_dir / "openvino" / f"{name}.xml", out_dir / "openvino" / f"{name}.bin"]}
+    for stale in [path for f in formats for path in files[f]] + ([out_dir / f"{name}.export.json"] if evidence else []):
+        stale.unlink(missing_ok=True)
 
 
 def _exported_here_before(evidence: Path) -> bool:

@@ -21,12 +21,13 @@ class ArrayFamily(ModelFamily):
         return torch.from_numpy(np.ascontiguousarray(self.data.x_val[:1]))
 
     def make_student(self, spec: str, *, channel_multiple: int, prune_settings, seed: int):
-        kind, _, value = spec.partition(":")
-        if kind != "prune":
-            raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
         from edgekd.prune import prune_with_recovery
+        from edgekd.student_spec import PruneSpec, parse_student
 
-        return prune_with_recovery(teacher=self.model, data=self.data, ratio=float(value),
+        parsed = parse_student(spec)
+        if not isinstance(parsed, PruneSpec):
+            raise BadInput(f"student '{spec}': layers:N needs a Hugging Face encoder teacher and text data")
+        return prune_with_recovery(teacher=self.model, data=self.data, ratio=parsed.ratio,
                                    channel_multiple=channel_multiple, importance=prune_settings.importance,
                                    global_pruning=prune_settings.global_pruning, steps=prune_settings.steps,
                                    recovery_epochs=prune_settings.recovery_epochs,

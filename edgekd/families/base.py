@@ -83,6 +83,11 @@ class ModelFamily(ABC):
         """Whether the latency-aware quantizer can time this family's models (single-input models)."""
         return True
 
+    def ptq_smooth_alpha(self) -> float | None:
+        """SmoothQuant strength for post-training quantization of this family's models (None: none): where
+        activation outlier channels stretch per-tensor INT8 grids, as in transformers."""
+        return None
+
     # ---- export and runtimes
     def export_view(self, model: nn.Module) -> nn.Module:
         """What is exported for `model`."""

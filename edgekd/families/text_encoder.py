@@ -1,9 +1,9 @@
 """Text encoders (Hugging Face / sentence-transformers): token ids and masks in, sentence embeddings out.
 
 Texts are tokenized with the teacher's own tokenizer, to at most 128 positions (the sequence
-length latency is quoted at); students are `layers:N` cuts or `prune:R` head/FFN pruning; KD
-uses the encoder recipe (pooled embedding, hidden states, attention) and the deployed students
-ship an Optimum folder (`hf/`) that ORTModelForFeatureExtraction and OVModelForFeatureExtraction load.
+length latency is quoted at); students are `layers:N[,ffn:F][,heads:H]` depth x width cuts or
+`prune:R` head/FFN pruning; KD uses the encoder recipe (pooled embedding, hidden states, attention)
+and the deployed students ship an Optimum folder (`hf/`) that ORTModelForFeatureExtraction and OVModelForFeatureExtraction load.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ class TextEncoderFamily(ModelFamily):
 
         return TextCollate(tokenizer=self.tokenizer, max_length=self.max_length)
 
+    def _batches(self):
+        """Training batches of like-length texts under a token budget (padding is most of a random batch)."""
+        from edgekd.hf.text import TokenBudgetBatches
+
+        return TokenBudgetBatches(tokenizer=self.tokenizer, max_length=self.max_length)
+
     def make_student(self, spec: str, *, channel_multiple: int, prune_settings=None, seed: int = 0):
         from edgekd.hf import make_student
 
@@ -66,21 +72,23 @@ class TextEncoderFamily(ModelFamily):
                             channel_multiple=channel_multiple)
 
     def ladder(self) -> list[str]:
-        """Depth: every layer count below the teacher's (the width axis, FFN and heads, comes with issue 18)."""
-        depth = self.model.config.num_hidden_layers
-        return [f"layers:{n}" for n in range(depth - 1, 0, -1)]
+        """Depth x FFN width (`layers:N[,ffn:F]`), most parameters first: edgekd.hf.student_ladder."""
+        from edgekd.hf import student_ladder
+
+        return student_ladder(self.model)
 
     def trains_without_teacher(self) -> bool:
         return False  # unlabeled text: nothing to learn from without the teacher
 
     def distill_config(self, settings: dict, *, source: str, student: nn.Module | None = None):
         """The encoder KD recipe (embedding + hidden + attention terms, text augmentation) under the
-        recipe's own settings; without KD (or a student to tap), the plain config with text collate."""
+        recipe's own settings; without KD (or a student to tap), the plain config with text collate
+        and batches."""
         from edgekd.distill import config_from_mapping
 
         config = config_from_mapping(settings, source=source)
         if not config.kd or student is None:
-            config.collate = self.collate()
+            config.collate, config.batches = self.collate(), self._batches()
             return config
         overrides = {k: getattr(config, k) for k in settings if k != "response"}
         return self._encoder_kd(student=student, teacher=self.model, **overrides)
@@ -98,6 +106,13 @@ class TextEncoderFamily(ModelFamily):
             overrides.pop("losses", None)  # none given: the encoder recipe's terms
         return encoder_kd_config(student=student, teacher=teacher, tokenizer=self.tokenizer,
                                  max_length=self.max_length, **overrides)
+
+    def ptq_smooth_alpha(self) -> float | None:
+        """NNCF's transformer-preset alpha: all-MiniLM-L6-v2's FFN inputs span [-7.8, 28.5] for values mostly
+        within +-3; unsmoothed, its PTQ teacher kept output cosine 0.9896 and failed OpenVINO's 0.999 gate."""
+        from edgekd.quant import TRANSFORMER_SMOOTH_ALPHA
+
+        return TRANSFORMER_SMOOTH_ALPHA
 
     def times_layer_choices(self) -> bool:
         return False  # two inputs (ids, mask): the latency-aware layer choice times single-input models

@@ -28,7 +28,7 @@ from edgekd.distill import DistillConfig, LossTerm
 from edgekd.errors import BadInput
 from edgekd.hf.encoder import SentenceEncoder
 from edgekd.hf.students import layer_map, layer_names
-from edgekd.hf.text import DEFAULT_MAX_LENGTH, TextCollate
+from edgekd.hf.text import DEFAULT_MAX_LENGTH, TextCollate, TokenBudgetBatches
 
 EMBEDDING_LOSSES = ("cosine", "mse")
 
@@ -122,9 +122,12 @@ def encoder_kd_config(*, student: SentenceEncoder, teacher: SentenceEncoder, tok
     + attention KL, `mix_text` augmentation, lr 1e-3, no dropout, word embeddings frozen (the
     student keeps the teacher's vocabulary table: two thirds of MiniLM's weights, updated only
     sparsely, and the first thing to overfit). These change `student` in place (requires_grad,
-    dropout). No response (logit) term: embeddings have no class distribution. Hidden and
-    attention hints run the teacher live: their shape follows each batch's sequence length and
-    the teacher cache stores one fixed shape per sample.
+    dropout). No response (logit) term: embeddings have no class distribution. Batches group texts
+    of like length under a token budget (`TokenBudgetBatches`: 3.1x the texts/s of random batches
+    on fortunes, benchmarks/text_throughput.py).
+    Hidden and attention hints run the teacher live: their shape follows each batch's sequence
+    length and the teacher cache stores one fixed shape per sample; with both weights 0 and no
+    augmentation, the pooled teacher embeddings come from the cache instead.
     """
     unknown = sorted(set(overrides) - {f.name for f in fields(DistillConfig)})
     if unknown:
@@ -139,6 +142,7 @@ def encoder_kd_config(*, student: SentenceEncoder, teacher: SentenceEncoder, tok
     student.encoder.get_input_embeddings().weight.requires_grad_(not freeze_word_embeddings)
     epochs = overrides.get("epochs", DistillConfig.epochs)
     settings = {"response": False, "losses": losses, "collate": TextCollate(tokenizer=tokenizer, max_length=max_length),
+                "batches": TokenBudgetBatches(tokenizer=tokenizer, max_length=max_length),
                 "augment": mix_text, "lr": 1e-3, "weight_decay": 0.01, "warmup_epochs": min(1.0, 0.1 * epochs),
                 "cache": hidden_weight == 0 and attention_weight == 0, **overrides}
     return DistillConfig(**settings)

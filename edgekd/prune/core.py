@@ -18,8 +18,7 @@ from edgekd.nn_swap import swap_attention
 from edgekd.prune.attention import find_attention
 from edgekd.prune.measure import Inputs, call_model, latency_p50_ms, module_macs
 from edgekd.prune.planner import ROOT_TYPES, Planner
-from edgekd.prune.pretrained import record_pretrained_config
-from edgekd.prune.reshape import shape_config
+from edgekd.prune.reshape import record_pretrained_config, shape_config
 from edgekd.prune.stack import find_layer_stack, keep_layers
 
 IMPORTANCES = ("magnitude", "bn_scale", "taylor")
@@ -60,6 +59,7 @@ class GroupReport:
 @dataclass
 class PruneReport:
     ratio: float
+    head_ratio: float  # the fraction of each attention's heads removed (the ratio, unless given apart or 0)
     importance: str
     global_pruning: bool
     channel_multiple: int
@@ -260,9 +260,18 @@ def _own_params(modules: dict[str, nn.Module], names: list[str]) -> int:
     return sum(p.numel() for n in names for p in modules[n].parameters(recurse=False))
 
 
-def _check_args(ratio, channel_multiple, importance, steps, loss_fn, recovery) -> None:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise BadInput(f"ratio must be a number in (0, 1) (the fraction of channels/heads/neurons to remove), got {ratio!r}")
+def _is_fraction(value, *, zero_ok: bool) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and (0 <= value if zero_ok else 0 < value) and value < 1)
+
+
+def _check_args(ratio, head_ratio, prune_heads, channel_multiple, importance, steps, loss_fn, recovery) -> None:
+    if head_ratio is not None and not (prune_heads and _is_fraction(head_ratio, zero_ok=True)):
+        raise BadInput(f"head_ratio must be a number in [0, 1) (the fraction of each attention's heads to remove) "
+                       f"with prune_heads=True, got {head_ratio!r}")
+    if not _is_fraction(ratio, zero_ok=bool(head_ratio)):
+        raise BadInput(f"ratio must be a number in (0, 1) (the fraction of channels/heads/neurons to remove; 0 when "
+                       f"head_ratio removes heads), got {ratio!r}")
     if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
         raise BadInput(f"channel_multiple must be an integer >= 1, got {channel_multiple!r}")
     if importance not in IMPORTANCES:
@@ -281,15 +290,20 @@ def _check_args(ratio, channel_multiple, importance, steps, loss_fn, recovery) -
 def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_multiple: int = 1,
           importance: str = "magnitude", global_pruning: bool = False, ignore_layers: Sequence[str] = (),
           keep_first_last: bool = True, steps: int = 1, recovery: Callable[[nn.Module, int], nn.Module] | None = None,
-          loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, prune_heads: bool = True) -> PruneResult:
+          loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, prune_heads: bool = True,
+          head_ratio: float | None = None) -> PruneResult:
     """Structurally prune a copy of `model` by `ratio` of its channels, FFN neurons and attention heads.
+
+    `head_ratio` removes a different fraction of the heads than of the channels (a depth x width
+    student sizes its FFN and its heads apart); with it, `ratio` may be 0.
 
     `ratio` is reached in `steps` equal steps, each followed by `recovery(model, step)` (step counts
     from 1; e.g. a short KD run) whose returned weights are kept. Every pruned group keeps a positive
     multiple of `channel_multiple` channels. The model's output layers are never narrowed (they are its
     output shape); `keep_first_last` also keeps the stem's outputs. `model` itself is not modified.
     """
-    _check_args(ratio, channel_multiple, importance, steps, loss_fn, recovery)
+    _check_args(ratio, head_ratio, prune_heads, channel_multiple, importance, steps, loss_fn, recovery)
+    head_ratio = 0.0 if not prune_heads else ratio if head_ratio is None else head_ratio
     work = copy.deepcopy(model).eval()
     outputs = _run_located(work, example_inputs, f"{type(model).__name__} does not run on example_inputs")
     reference = _shapes(outputs)
@@ -315,7 +329,7 @@ def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_mul
     for step in range(1, steps + 1):
         if importance == "taylor":
             _accumulate_gradients(work, loss_fn)
-        planner.step(ratio * step / steps)
+        planner.step(ratio * step / steps, head_ratio=head_ratio * step / steps)
         work.zero_grad(set_to_none=True)
         for att in attention:
             att.sync()
@@ -333,8 +347,8 @@ def prune(*, model: nn.Module, example_inputs: Inputs, ratio: float, channel_mul
                        f"{channel_multiple} channel(s)")
     names = {module: name for name, module in work.named_modules()}
     report = PruneReport(
-        ratio=float(ratio), importance=importance, global_pruning=global_pruning, channel_multiple=channel_multiple,
-        steps=steps, prune_heads=prune_heads,
+        ratio=float(ratio), head_ratio=float(head_ratio), importance=importance, global_pruning=global_pruning,
+        channel_multiple=channel_multiple, steps=steps, prune_heads=prune_heads,
         protected=sorted(names[m] for m in protected if m in names and isinstance(m, _LAYER_TYPES)),
         before=before, after=after, params_ratio=after.params / before.params,
         macs_ratio=after.macs / before.macs if before.macs else 1.0,

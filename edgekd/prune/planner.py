@@ -62,7 +62,7 @@ class _Candidate:
 
 
 class Planner:
-    """Prunes a traced model step by step to `ratio` of its initial width, group by group."""
+    """Prunes a traced model step by step to `ratio` of its initial width (heads: `head_ratio`), group by group."""
 
     def __init__(self, *, model: nn.Module, graph: tp.DependencyGraph, protected: list[nn.Module],
                  attention: list[AttentionHeads], scorer, fallback_scorer, channel_multiple: int,
@@ -73,13 +73,13 @@ class Planner:
         self.channel_multiple, self.global_pruning, self.prune_heads = channel_multiple, global_pruning, prune_heads
         self.plans: dict[str, GroupPlan] = {}
 
-    def step(self, ratio: float) -> None:
+    def step(self, ratio: float, *, head_ratio: float) -> None:
         names = {module: name for name, module in self.model.named_modules()}
         candidates = [c for group in self.graph.get_all_groups(ignored_layers=self.protected, root_module_types=ROOT_TYPES)
                       if (c := self._candidate(group, names)) is not None]
         heads = [c for c in candidates if c.plan.kind == "heads"]
         channels = [c for c in candidates if c.plan.kind == "channels"]
-        keep = {id(c): self._heads_to_keep(c, ratio) for c in heads}
+        keep = {id(c): self._heads_to_keep(c, head_ratio) for c in heads}
         keep.update(self._global_keep(channels, ratio) if self.global_pruning
                     else {id(c): self._local_keep(c, ratio) for c in channels})
         for candidate in candidates:

@@ -13,40 +13,13 @@ uniform FFN width changed.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from torch import nn
 
 from edgekd.errors import BadInput
 from edgekd.hf_files import SAFE_LOAD, SAFE_WEIGHTS, require_safetensors
-from edgekd.prune.reshape import reshape_to_state_dict, shape_config
-
-CONFIG_KEY = "edgekd_pruning"
-
-
-def _pretrained_roots(model: nn.Module) -> list[nn.Module]:
-    """The outermost Hugging Face models inside `model` (the model itself, or a wrapped one)."""
-    if "transformers" not in sys.modules:  # then nothing in `model` can be a Hugging Face model
-        return []
-    from transformers import PreTrainedModel
-
-    roots: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if isinstance(module, PreTrainedModel) and not any(name.startswith(f"{r}.") or r == "" for r, _ in roots):
-            roots.append((name, module))
-    return [module for _, module in roots]
-
-
-def record_pretrained_config(model: nn.Module) -> None:
-    """Write the pruned shapes of every Hugging Face model in `model` into its config."""
-    for hf in _pretrained_roots(model):
-        widths = {m.out_features for name, m in hf.named_modules()
-                  if name.endswith("intermediate.dense") and isinstance(m, nn.Linear)}
-        if len(widths) == 1 and hasattr(hf.config, "intermediate_size"):
-            hf.config.intermediate_size = widths.pop()
-        spec = shape_config(hf)
-        setattr(hf.config, CONFIG_KEY, {"conv_groups": spec["conv_groups"], "attention_heads": spec["attention_heads"]})
+from edgekd.prune.reshape import CONFIG_KEY, reshape_to_state_dict
 
 
 def load_pretrained(*, path: str | Path) -> nn.Module:

@@ -12,6 +12,7 @@ modules rebuilt from Linear layers first, edgekd.nn_swap); everything else comes
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ from edgekd.prune.stack import keep_layers
 MAX_RESIZED_ELEMENTS = 2**30
 """Most elements (4 GiB of float32) the tensors a prune replay resizes may hold together: a
 checkpoint's `config.shapes` is the file's word, and a single `[20000, 20000, 3, 3]` asked 14 GB."""
+
+CONFIG_KEY = "edgekd_pruning"  # where a Hugging Face config records what it cannot describe (heads per module)
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -40,6 +43,31 @@ def shape_config(model: nn.Module, kept_layers: dict | None = None) -> dict:
         # nn.MultiheadAttention modules rebuilt from Linear layers before pruning (edgekd.nn_swap)
         "attention_swap": swapped_attention(model),
     }
+
+
+def _pretrained_roots(model: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face models inside `model` (the model itself, or a wrapped one)."""
+    if "transformers" not in sys.modules:  # then nothing in `model` can be a Hugging Face model
+        return []
+    from transformers import PreTrainedModel
+
+    roots: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, PreTrainedModel) and not any(name.startswith(f"{r}.") or r == "" for r, _ in roots):
+            roots.append((name, module))
+    return [module for _, module in roots]
+
+
+def record_pretrained_config(model: nn.Module) -> None:
+    """Write the pruned shapes of every Hugging Face model in `model` into its config, so `save_pretrained`
+    and the Optimum config.json describe the pruned model (see edgekd.prune.pretrained)."""
+    for hf in _pretrained_roots(model):
+        widths = {m.out_features for name, m in hf.named_modules()
+                  if name.endswith("intermediate.dense") and isinstance(m, nn.Linear)}
+        if len(widths) == 1 and hasattr(hf.config, "intermediate_size"):
+            hf.config.intermediate_size = widths.pop()
+        spec = shape_config(hf)
+        setattr(hf.config, CONFIG_KEY, {"conv_groups": spec["conv_groups"], "attention_heads": spec["attention_heads"]})
 
 
 def _checked_shape(key: str, saved, tensor: torch.Tensor, state_dict: dict) -> tuple[int, ...]:
@@ -107,7 +135,8 @@ def _sync_shape_attributes(name: str, module: nn.Module, conv_groups: dict) -> N
 
 
 def reshape_to_state_dict(model: nn.Module, config: dict, state_dict: dict) -> nn.Module:
-    """Replay a prune on a freshly built `model` so that `state_dict` loads into it."""
+    """Replay a prune on a freshly built `model` so that `state_dict` loads into it; a Hugging Face
+    config inside it follows the new shapes, as it did when the prune was made."""
     for path, keep in config.get("kept_layers", {}).items():
         keep_layers(model, path, keep)
     swap_attention(model, names=config.get("attention_swap", ()))
@@ -125,4 +154,5 @@ def reshape_to_state_dict(model: nn.Module, config: dict, state_dict: dict) -> n
         if name not in modules:
             raise BadInput(f"prune transform: attention module '{name}' is not in the rebuilt {type(model).__name__}")
         set_heads(modules[name], heads)
+    record_pretrained_config(model)
     return model

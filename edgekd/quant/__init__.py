@@ -10,18 +10,21 @@ from edgekd.quant.modules import FakeQuantizer, MatMul, QuantConv1d, QuantConv2d
 from edgekd.quant.ops import onnx_translation_table
 from edgekd.quant.pipeline import QuantConfig, QuantizeResult, quantize
 from edgekd.quant.prepare import (
+    TRANSFORMER_SMOOTH_ALPHA,
     calibrate,
     checkpoint_transform,
     freeze,
     prepare,
     quantize_ptq,
+    smooth,
 )
 from edgekd.quant.qat import QATSchedule, qat, qat_distill_config
 from edgekd.quant.qparams import weight_bits_for_host, weight_bits_for_target
 from edgekd.quant.report import QuantReport
 
 __all__ = [
-    "prepare", "calibrate", "quantize_ptq", "qat", "quantize", "QuantConfig", "QuantizeResult", "QuantReport",
+    "prepare", "smooth", "calibrate", "quantize_ptq", "TRANSFORMER_SMOOTH_ALPHA", "qat", "quantize", "QuantConfig",
+    "QuantizeResult", "QuantReport",
     "LayerChoice", "freeze", "checkpoint_transform", "qat_distill_config", "QATSchedule",
     "FakeQuantizer", "MatMul", "QuantMatMul", "QuantConv1d", "QuantConv2d", "QuantLinear",
     "onnx_translation_table", "weight_bits_for_host", "weight_bits_for_target",

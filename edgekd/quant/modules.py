@@ -309,9 +309,15 @@ def quant_conv_from(conv: nn.Conv1d | nn.Conv2d, **quant) -> _QuantConvMixin:
 
 class QuantLinear(_QuantLayer, nn.Linear):
     """Linear with quantized input and weight. The output stays float: ONNX Runtime's QGemm and
-    MatMulIntegerToFloat and OpenVINO's FullyConnected take int8 in and give float out."""
+    MatMulIntegerToFloat and OpenVINO's FullyConnected take int8 in and give float out. `smooth` (a buffer,
+    None unless `edgekd.quant.prepare.smooth` set it): per input channel, what the input is multiplied by
+    before its quantizer, the weight's columns holding the inverse (SmoothQuant); a Mul in the export."""
+
+    smooth: torch.Tensor | None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x * self.smooth
         x = self.input_quantizer(x)
         self._refresh_weight_range(self.weight)
         return F.linear(x, self.weight_quantizer(self.weight), self._quantized_bias(self.bias))
@@ -322,6 +328,7 @@ def quant_linear_from(linear: nn.Linear, *, input_quantizer, weight_quantizer) -
                       device=linear.weight.device, dtype=linear.weight.dtype)
     new.weight = linear.weight
     new.bias = linear.bias
+    new.register_buffer("smooth", None)
     new.input_quantizer = input_quantizer
     new.weight_quantizer = weight_quantizer
     new.output_quantizer = None

@@ -34,6 +34,7 @@ class QuantConfig:
     warmup_epochs: int = 1
     distill: object | None = None  # edgekd.distill.DistillConfig for QAT; None: qat_distill_config()
     latency_aware: bool = True  # edgekd.quantize with a target: keep float what INT8 slows down there
+    smooth_alpha: float | None = None  # PTQ: SmoothQuant every Linear first (edgekd.quant.prepare.smooth)
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> "QuantConfig":
@@ -44,6 +45,8 @@ class QuantConfig:
         if self.mode not in ("ptq", "qat"):
             raise BadInput(f"quantization mode must be 'ptq' or 'qat', got {self.mode!r}")
         check_observer(self.observer)
+        if self.smooth_alpha is not None and self.mode != "ptq":
+            raise BadInput("smooth_alpha applies to PTQ; QAT learns its ranges and weights")
         if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
             raise BadInput(f"calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         return replace(self, skip=tuple(self.skip))
@@ -85,7 +88,8 @@ def quantize(*, model: nn.Module, data, config: QuantConfig | None = None, teach
         batches = calibration_batches(data.x_train, collate=distill_config.collate, samples=config.calibration_samples,
                                       batch_size=distill_config.batch_size, seed=distill_config.seed)
         quantized = quantize_ptq(model=model, scheme=config.scheme, calibration=batches, skip=skip,
-                                 fold_bn=config.fold_bn, observer=config.observer, weight_bits=config.weight_bits)
+                                 fold_bn=config.fold_bn, observer=config.observer, weight_bits=config.weight_bits,
+                                 smooth_alpha=config.smooth_alpha)
     else:
         quantized, history = qat(model=model, data=data, scheme=config.scheme, teacher=teacher, config=distill_config,
                                  warmup_epochs=config.warmup_epochs, out_dir=out_dir, resume=resume, skip=skip,

@@ -25,6 +25,7 @@ class QuantReport:
     # QAT returned its calibrated (PTQ) start because no epoch beat it on validation: the model is PTQ,
     # not QAT-trained. None where no QAT ran (PTQ, or a model kept float).
     kept_calibrated_start: bool | None = None
+    smooth_alpha: float | None = None  # every Linear SmoothQuant-ed with this alpha before calibration (PTQ)
 
     @classmethod
     def of(cls, model: nn.Module) -> "QuantReport":
@@ -42,7 +43,8 @@ class QuantReport:
                    weight_bits_reason=plan["weight_bits_reason"], observer=plan["observer"], lsq=plan["lsq"],
                    graph=plan["graph"], quantized=quantized,
                    float_layers=list(plan["float"]), uncalibrated=list(plan.get("uncalibrated", [])),
-                   latency=plan.get("latency"), kept_calibrated_start=plan.get("qat", {}).get("kept_calibrated_start"))
+                   latency=plan.get("latency"), kept_calibrated_start=plan.get("qat", {}).get("kept_calibrated_start"),
+                   smooth_alpha=plan.get("smooth_alpha"))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +58,8 @@ class QuantReport:
             f"({self.observer} observer{', LSQ' if self.lsq else ''}; {self.weight_bits_reason})",
             f"placement from {self.graph}; {sum(1 for q in self.quantized if q['bn'])} batch norms folded",
         ]
+        if self.smooth_alpha is not None:
+            lines.append(f"SmoothQuant (alpha {self.smooth_alpha}): activation outlier channels moved into the weights")
         if self.kept_calibrated_start:
             lines.append("QAT kept its calibrated start: no QAT epoch beat it on validation, so this is the PTQ model")
         lines += [f"float: {f['name']}: {f['reason']}" for f in self.float_layers]

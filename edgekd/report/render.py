@@ -291,7 +291,8 @@ class _Renderer:
         names = _latency_targets(report)
 
         def table(variants: list[dict]) -> Table:
-            rows = [[row["variant"], str(row.get("precision", _MISSING)), _metric(row["metric"]["value"]),
+            rows = [[row["variant"] + (" (gate failed)" if row.get("verdict") == "failed" else ""),
+                     str(row.get("precision", _MISSING)), _metric(row["metric"]["value"]),
                      _num(row.get("params")), _num(row.get("size_mb")),
                      *(_num((row.get("latency_p50_ms") or {}).get(n)) for n in names)] for row in variants]
             return Table(["variant", "precision", self.metric_name, "params", "size MB",
@@ -305,6 +306,11 @@ class _Renderer:
                       "on the same held-out data."),
             table(report["ablation"]),
         ]
+        failed = [row for row in report["ablation"] if row.get("verdict") == "failed"]
+        if failed:  # a baseline only: the deployable's own gate failure stops the run before any report
+            blocks += [Paragraph("Baselines the export gate rejected in part or whole (comparison rows, never "
+                                 "deployed; the run went on without what failed):"),
+                       Bullets([f"{row['variant']}: {row.get('reason') or 'no reason recorded'}" for row in failed])]
         if report.get("deployables"):
             blocks += [Paragraph("Students made for particular targets (FP16, another INT8 scheme), measured the "
                                  "same way:"), table(report["deployables"])]

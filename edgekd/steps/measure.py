@@ -5,7 +5,7 @@ benchmark of that."""
 from __future__ import annotations
 
 from edgekd.steps.context import Artifact, Context
-from edgekd.steps.export import publish_root
+from edgekd.steps.export import publish_root, runs_on
 from edgekd.report.schema import KD_FP32, TEACHER_FP32
 from edgekd.targets import Target
 
@@ -15,18 +15,22 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
     variants of a target timed in the same interleaved rounds (edgekd.bench.time_interleaved); and the full
     benchmark on every target (absent ones: not-measured) of what that target deploys: the INT8 student, or
     for an fp16 / fp32 target the KD student in that precision, or the FP32 KD student where the INT8 one
-    measured clearly slower. The run root gets a copy of what the first target deploys."""
+    measured clearly slower. The run root gets a copy of what the first target deploys. A baseline the export
+    gate left without a format is not timed where a target runs that format (unscored without its ONNX file)."""
     from edgekd.bench import ROUNDS, benchmark, predict, time_interleaved
 
     b = ctx.recipe.bench
     inputs, sample = ctx.family.runtime_inputs()
-    predictions = {name: predict(model=a.onnx, inputs=inputs) for name, a in artifacts.items()}
+    predictions = {name: predict(model=a.onnx, inputs=inputs) for name, a in artifacts.items() if a.onnx}
     metrics = {name: ctx.family.metric(pred, predictions[TEACHER_FP32]) for name, pred in predictions.items()}
+    metrics.update({name: {"name": metrics[TEACHER_FP32]["name"], "value": None}
+                    for name in artifacts if name not in predictions})
     latency = {name: {} for name in artifacts}
     for target in ctx.plan.available:
-        ctx.console.print(f"      timing {len(artifacts)} variants on {target.name}, {ROUNDS} interleaved rounds")
-        timed = time_interleaved(models={name: a.for_target(target) for name, a in artifacts.items()}, target=target,
-                                 inputs=sample, rounds=ROUNDS, round_time_s=b.ablation_time_budget_s / ROUNDS)
+        models = {name: a.for_target(target) for name, a in artifacts.items() if runs_on(a, target)}
+        ctx.console.print(f"      timing {len(models)} variants on {target.name}, {ROUNDS} interleaved rounds")
+        timed = time_interleaved(models=models, target=target, inputs=sample, rounds=ROUNDS,
+                                 round_time_s=b.ablation_time_budget_s / ROUNDS)
         for name, figures in timed.items():
             latency[name][target.name] = figures
         _never_slower_than_fp32(ctx, artifacts, timed, target, sample)
@@ -42,13 +46,20 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
         ctx.console.print(f"      full benchmark of {name} on {target.name}")
         entry = benchmark(model=deployed.for_target(target), target=target, inputs=sample, warmup=b.warmup,
                           min_iterations=b.min_iterations, time_budget_s=b.time_budget_s,
-                          metric_retention=retention(name)).to_dict()
+                          metric_retention=retention(name), speedup=_speedup(latency, name, target)).to_dict()
         note = ctx.plan.fp32_instead.get(target.name)
         full.append({**entry, "variant": name,
                      "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix(),
                      **({"note": note} if note else {})})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
             "retention": retention(ctx.plan.primary)}
+
+
+def _speedup(latency: dict, name: str, target: Target) -> float | None:
+    """The FP32 teacher's p50 over variant `name`'s on `target`, from the same interleaved rounds (a ratio
+    the background load moves far less than either figure); None where the target was not timed."""
+    teacher, variant = latency[TEACHER_FP32].get(target.name), latency[name].get(target.name)
+    return None if teacher is None or variant is None else teacher.p50 / variant.p50
 
 
 # A second, focused look at just the INT8 student and its FP32 self when the ablation's shared rounds

@@ -15,6 +15,7 @@ from edgekd.host import detect_host
 from edgekd.io import write_json
 from edgekd.report.schema import Report
 from edgekd.steps.context import Artifact, Context
+from edgekd.steps.export import rejected_formats, runs_on
 from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, NO_KD, TEACHER_FP32, VARIANTS
 from edgekd.steps.train import distill_config
 
@@ -23,8 +24,8 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _size_mb(artifact: Artifact) -> float:
-    return artifact.onnx.stat().st_size / 2**20
+def _size_mb(artifact: Artifact) -> float | None:
+    return round(artifact.onnx.stat().st_size / 2**20, 4) if artifact.onnx else None
 
 
 def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *, started: float) -> dict:
@@ -39,10 +40,11 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         artifact = artifacts[name]
         return {
             "variant": name, "metric": measured["metrics"][name], "params": _params(artifact.model),
-            "size_mb": round(_size_mb(artifact), 4),
+            "size_mb": _size_mb(artifact),
             "precision": artifact.executed_precision,
             **_int8_layers(artifact),
-            "artifact": str(artifact.onnx.relative_to(out)),
+            **_gate_failure(ctx, artifact),
+            "artifact": str(artifact.onnx.relative_to(out)) if artifact.onnx else None,
             "latency_p50_ms": {t: m.p50 for t, m in latency[name].items()},
             "latency_p95_ms": {t: m.p95 for t, m in latency[name].items()},
             "latency_spread_ms": {t: list(m.spread) for t, m in latency[name].items()},  # quartiles of round p50s
@@ -50,7 +52,7 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
 
     # Each measured target's speed-up is of what it deploys, and says when the rounds cannot tell it from 1x.
     versus = {t.name: (latency[TEACHER_FP32][t.name], latency[ctx.plan.deployed_variant(t)][t.name])
-              for t in ctx.plan.available}
+              for t in ctx.plan.available if t.name in latency[TEACHER_FP32]}  # not where its IR was rejected
     preds = measured["predictions"]
     report = Report.model_validate({
         "edgekd_version": __version__,
@@ -101,8 +103,22 @@ def _int8_layers(artifact: Artifact) -> dict:
     return {"int8_layers": {"int8": int8, "total": int8 + len(quantization["float_layers"])}}
 
 
+def _gate_failure(ctx: Context, artifact: Artifact) -> dict:
+    """A baseline's export-gate failure for its row: verdict "failed", and the reason: which format failed which
+    check (the figure against the limit), and what the row therefore lacks."""
+    rejected = rejected_formats(artifact)
+    if not rejected:
+        return {}
+    untimed = [t.name for t in ctx.plan.available if not runs_on(artifact, t)]
+    lacks = ("no artifact: not scored or timed" if artifact.onnx is None
+             else f"not timed on {', '.join(untimed)}" if untimed else "")
+    reason = "; ".join(f"{fmt} rejected by the export gate: {', '.join(why)}" for fmt, why in rejected.items())
+    return {"verdict": "failed", "reason": reason + (f" ({lacks})" if lacks else ""), "rejected": rejected}
+
+
 def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
-    """`student: auto` met the latency budget but the quality floor failed: the two conflict, said plainly."""
+    """`student: auto` met the budget (latency, memory, size, speed-up) but the quality floor failed: the two
+    conflict, said plainly."""
     budget = ctx.run.stages.get("budget", {}).get("info")
     if not budget:
         return []
@@ -117,7 +133,7 @@ def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
         larger = [c for c in (profiled or {}).get("candidates", [])
                   if c["student"] != "teacher" and c["params"] > params.get(budget["chosen"], 0)]
         next_up = min(larger, key=lambda c: c["params"]) if larger else None
-        notes.append(f"{entry['name']}: the budget and the quality floor conflict: {budget['chosen']} meets the latency "
+        notes.append(f"{entry['name']}: the budget and the quality floor conflict: {budget['chosen']} meets the "
                      f"budget but keeps {check['value']:.3f} of the teacher's metric, under the floor {check['limit']}"
                      + (f"; the next larger candidate, {next_up['student']}, measured p95 {next_up['latency_p95_ms']:.3f} "
                         "ms" if next_up else "; it is the largest student the ladder holds"))
@@ -127,7 +143,7 @@ def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
 def _teacher_notes(metrics: dict) -> list[str]:
     """A teacher that loses to the student trained without it was likely made for other data."""
     teacher, baseline = metrics[TEACHER_FP32], metrics[NO_KD]
-    if baseline["value"] - teacher["value"] <= 0.05:
+    if baseline["value"] is None or baseline["value"] - teacher["value"] <= 0.05:  # None: its export was rejected
         return []
     return [f"the FP32 teacher scores {teacher['value']:.3f} {teacher['name']} on the held-out data, below the student "
             f"trained without it ({baseline['value']:.3f}): check that the teacher was trained for this data (input "

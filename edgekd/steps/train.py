@@ -11,6 +11,7 @@ import copy
 from torch import nn
 
 from edgekd.steps.budget import AUTO, choose_student
+from edgekd.student_spec import parse_student
 from edgekd.steps.context import Context, Variant, stored
 from edgekd.report.schema import DEPLOYABLE, KD_FP32, NO_KD, TEACHER_INT8
 from edgekd.targets import Target
@@ -29,7 +30,7 @@ def make_student(ctx: Context) -> Variant:
 
     def build() -> Variant:
         kind = spec.partition(":")[0]
-        if kind in ("prune", "layers"):  # the recipe validated the spec
+        if parse_student(spec) is not None:  # made from the teacher (the recipe validated the spec)
             result = ctx.family.make_student(spec, channel_multiple=ctx.plan.channel_multiple,
                                              prune_settings=ctx.recipe.prune, seed=ctx.recipe.seed)
             return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [result.transform],
@@ -124,12 +125,14 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
 
 
 def quantize_teacher(ctx: Context) -> Variant:
-    """Post-training quantization of the teacher, the baseline a team would try first."""
+    """Post-training quantization of the teacher, the baseline a team would try first; SmoothQuant-ed first
+    where the family asks (transformers, as NNCF's transformer preset does: edgekd.quant.prepare.smooth)."""
     from edgekd.quant import checkpoint_transform, qat_distill_config, quantize
 
     def build() -> Variant:
         config = _quant_config(ctx, mode="ptq", group=ctx.plan.int8_variants()[DEPLOYABLE])
         config.latency_aware = False
+        config.smooth_alpha = ctx.family.ptq_smooth_alpha()
         config.distill = qat_distill_config(collate=ctx.family.collate())  # calibration batches collated as in training
         result = quantize(model=ctx.teacher.model, data=ctx.data, config=config)
         return Variant(result.model, ctx.teacher.ref, ctx.teacher.transforms + [checkpoint_transform(result.model)],
