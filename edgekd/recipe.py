@@ -140,11 +140,13 @@ class Recipe(_Section):
 EXAMPLE = {
     "student": "auto",
     "labeled_fraction": 0.1,
-    "slo": {"*": {"model_size_mb": 0.2, "min_speedup": 1.5}},
+    "slo": {"*": {"model_size_mb": 0.2, "min_speedup": 1.25}},
 }
 """What makes the embedded default an example of edgekd's job, over the Recipe defaults: a budget that binds
-(deployed artifact at most 0.2 MB, at least 1.5x faster than the FP32 teacher on each target: the x86
-profiles' own 10 ms is a hundred times the digits model's latency), a student chosen for it (`auto`), and
+(the deployed artifact at most 0.2 MB, which rules out the teacher and the larger students on every host, and
+at least 1.25x faster than the FP32 teacher on each target, a floor with room for hosts slower at INT8 than
+this project's VNNI one, where OpenVINO measured 1.72x; the x86 profiles' own 10 ms is a hundred times the
+digits model's latency), a student chosen for it (`auto`), and
 labels on 10% of the images with the rest unlabeled, where the teacher's knowledge is what the student
 learns from. It applies when neither a recipe file, a teacher nor data is given: another model or
 data set keeps the plain defaults (all labels, prune:0.5, the profiles' SLOs)."""
