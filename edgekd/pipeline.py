@@ -1,7 +1,8 @@
 """`edgekd compress`: the whole job, in the order the mission states it.
 
     1. prune      make the student (given, `prune:R` from the teacher, `layers:N`, or `auto`: the most
-                  capable ladder candidate that fits the targets' SLOs, measured there)
+                  capable ladder candidate that fits every target's SLOs, measured there; a target
+                  whose budget fits a larger one gets that one too, trained alike, and deploys it)
     2. distill    KD into the FP32 student; the same loop without KD is the baseline
     3. quantize   QAT+KD to INT8 as the target's kernels want; PTQ of the teacher as a baseline
     4. export     ONNX (QDQ) and OpenVINO IR for every variant (+ FP16 for fp16 targets), parity-gated;
@@ -62,12 +63,14 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     with stages.step("distill", "KD into the FP32 student, and the no-KD baseline"):
         no_kd = S.train_student(ctx, student, kd=False)
         kd = S.train_student(ctx, student, kd=True)
+        own_kd = S.train_own_students(ctx)  # auto: larger students for targets whose budget fits one
     with stages.step("quantize", f"QAT+KD to {plan.describe()}; PTQ of the teacher"):
         int8 = {name: S.quantize_student(ctx, kd, variant=name) for name in plan.int8_variants()}
+        own = S.quantize_own_students(ctx, own_kd)
         teacher_int8 = S.quantize_teacher(ctx)
     with stages.step("export", f"ONNX (QDQ{', FP16' if plan.wants_fp16 else ''}) + OpenVINO IR, parity-gated"):
         variants = {S.TEACHER_FP32: S.as_variant(teacher), S.TEACHER_INT8: teacher_int8,
-                    S.NO_KD: no_kd, S.KD_FP32: kd, **int8}  # one QAT student per INT8 scheme
+                    S.NO_KD: no_kd, S.KD_FP32: kd, **int8, **own}  # one QAT student per INT8 scheme (and student)
         if plan.wants_fp16:
             variants[S.FP16_VARIANT] = kd  # the KD student again, stored in FP16
         artifacts = S.export_variants(ctx, variants)

@@ -100,6 +100,34 @@ def test_compress_with_student_auto_trains_the_student_the_budget_chose(tmp_path
     assert (tmp_path / "run" / "plots" / "budget.png").is_file()
 
 
+@pytest.mark.slow
+def test_a_target_whose_budget_fits_a_larger_student_deploys_its_own(tmp_path):
+    """Two budgets: the run's own student is the smaller pick (it fits both); the looser target gets the larger
+    pick trained alike (KD, QAT+KD), exported under its own name, and deploys it."""
+    from edgekd.pipeline import compress
+    from edgekd.recipe import Recipe
+
+    tight = tight_target(tmp_path, "tight", model_size_mb=0.0125, latency_p95_ms=1000.0)
+    loose = tight_target(tmp_path, "loose", model_size_mb=0.016, latency_p95_ms=1000.0)
+    recipe = Recipe(teacher="tiny_models:trained_teacher", student="auto", data="digits",
+                    targets=[str(loose), str(tight)], out=str(tmp_path / "run"), formats=["onnx"],
+                    distill={"epochs": 1, "batch_size": 64}, quant={"epochs": 1, "latency_aware": False},
+                    bench={"time_budget_s": 0.1, "ablation_time_budget_s": 0.05, "min_iterations": 10, "warmup": 2})
+    result = compress(recipe=recipe)
+    report = result.report
+    picks = {t["target"]: t["chosen"] for t in report["budget"]["targets"]}
+    assert report["budget"]["chosen"] == picks["tight"] == "prune:0.5" and picks["loose"] not in (None, "prune:0.5")
+    deploys = {t["name"]: t["variant"] for t in report["targets"]}  # INT8, or FP32 where INT8 ran clearly slower
+    assert deploys["tight"] in ("student-kd-qat-int8", "student-kd-fp32")
+    assert deploys["loose"] in (f"student-kd-qat-int8@{picks['loose']}", f"student-kd-fp32@{picks['loose']}")
+    own = {row["variant"]: row for row in report["deployables"]}
+    assert {f"student-kd-fp32@{picks['loose']}", f"student-kd-qat-int8@{picks['loose']}"} <= set(own)
+    measured = {c["student"]: c["params"] for c in report["budget"]["targets"][0]["candidates"]}
+    assert own[deploys["loose"]]["params"] == measured[picks["loose"]] > report["ablation"][2]["params"]
+    assert report["deployed"] == deploys["loose"]  # the run root holds what the first target deploys
+    assert (tmp_path / "run" / "variants" / deploys["loose"] / "model.onnx").is_file()
+
+
 def test_student_auto_without_a_measurable_budget_is_refused_before_any_work(run_cli, tmp_path):
     code, _, err = run_cli("compress", "--student", "auto", "-t", "intel-npu-core-ultra", "--teacher",
                            "edgekd.models:resnet", "--data", "digits", "--out", str(tmp_path / "run"))

@@ -142,6 +142,16 @@ def _retention(report: dict) -> float | None:
     return None
 
 
+def _own_retention(report: dict, variant: str) -> float | None:
+    """A student made for particular targets (report["deployables"]): its metric over the FP32 teacher's."""
+    teacher = _ablation_row(report, TEACHER_FP32)
+    row = next((r for r in report.get("deployables") or [] if r["variant"] == variant), None)
+    if teacher and row and _is_number(teacher["metric"]["value"]) and _is_number(row["metric"]["value"]) \
+            and teacher["metric"]["value"] and "@" in variant:
+        return row["metric"]["value"] / teacher["metric"]["value"]
+    return None
+
+
 def _speedups(report: dict) -> dict[str, float]:
     """report["speedup_vs_teacher"], or teacher p50 / student p50 per target from the ablation."""
     if isinstance(report.get("speedup_vs_teacher"), dict):
@@ -270,7 +280,11 @@ class _Renderer:
                 verdict = f"{who} {does} NOT meet every SLO: {len(failed)} of {len(measured)} measured target(s) fail ({detail})."
         sentences = [verdict]
         retention = _retention(report)
-        if retention is not None:
+        own = {v: _own_retention(report, v) for v in deployed if v != root}
+        if retention is not None and any(r is not None for r in own.values()):  # students of different sizes
+            sentences.append(f"Of the FP32 teacher's {self.metric_name}, {root} keeps {_pct(retention)}, " + ", ".join(
+                f"{v} {_pct(r)}" for v, r in own.items() if r is not None) + ".")
+        elif retention is not None:
             sentences.append(f"{it} keeps {_pct(retention)} of the FP32 teacher's {self.metric_name}.")
         speedups = _speedups(report)
         if speedups:

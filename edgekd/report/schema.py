@@ -24,6 +24,17 @@ VARIANTS = (TEACHER_FP32, TEACHER_INT8, NO_KD, KD_FP32, DEPLOYABLE)  # report.js
 FP16_VARIANT = "student-kd-fp16"  # the KD student stored in FP16, for targets whose precision is fp16
 
 
+def own_variant(base: str, spec: str) -> str:
+    """`base` made of the larger student `spec` that `student: auto` picked for some targets
+    ("student-kd-qat-int8@prune:0.375"); the run's own student keeps the bare names."""
+    return f"{base}@{spec}"
+
+
+def base_variant(name: str) -> str:
+    """What kind of variant `name` is, whichever student it is made of."""
+    return name.partition("@")[0]
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 

@@ -14,11 +14,12 @@ from edgekd.steps.measure import benchmark_variants
 from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, KD_FP32, NO_KD, TEACHER_FP32, TEACHER_INT8, VARIANTS
 from edgekd.steps.plan import TargetPlan, plan_targets
 from edgekd.steps.report import all_slos_met, write_report
-from edgekd.steps.train import make_student, quantize_student, quantize_teacher, train_student
+from edgekd.steps.train import (make_student, quantize_own_students, quantize_student, quantize_teacher,
+                                train_own_students, train_student)
 
 __all__ = [
     "AUTO", "check_auto", "Artifact", "Context", "StageLog", "Variant", "as_variant", "recipe_hash", "export_variants",
     "benchmark_variants", "DEPLOYABLE", "FP16_VARIANT", "KD_FP32", "NO_KD", "TEACHER_FP32", "TEACHER_INT8",
     "VARIANTS", "TargetPlan", "plan_targets", "all_slos_met", "write_report", "make_student", "quantize_student",
-    "quantize_teacher", "train_student",
+    "quantize_teacher", "train_student", "train_own_students", "quantize_own_students",
 ]

@@ -1,5 +1,9 @@
 """`student: auto`: the student is chosen from latency measured on the targets (edgekd.profile), not guessed.
 
+The run's own student (the ablation's) is the least capable of the targets' picks, so it fits every one
+of them; a target whose budget fits a larger student gets that one as well, trained the same way
+(`TargetPlan.own_students`), and deploys it.
+
 The profile runs once per run (kept in the run state, so --resume does not re-measure); every
 candidate is rounded to the run's channel multiple, so what was measured is what gets trained.
 """
@@ -37,5 +41,9 @@ def choose_student(ctx: Context) -> str:
     budget = ctx.run.value("budget", measure)
     if budget["chosen"] is None:
         raise GateFailed(f"student: auto found no student for this budget: {budget['reason']}")
+    ctx.plan.own_students = {t["target"]: t["chosen"] for t in budget["targets"]
+                             if t["available"] and t["chosen"] not in (None, budget["chosen"])}
     ctx.console.print(f"      student: auto -> {budget['reason']}")
+    for name, spec in ctx.plan.own_students.items():
+        ctx.console.print(f"      {name} fits a larger student and gets its own: {spec}")
     return budget["chosen"]

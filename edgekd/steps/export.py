@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgekd.errors import BadInput
 from edgekd.io import atomic_path
-from edgekd.report.schema import FP16_VARIANT, TEACHER_FP32, VARIANTS
+from edgekd.report.schema import FP16_VARIANT, TEACHER_FP32, VARIANTS, base_variant
 from edgekd.steps.context import Artifact, Context, Variant
 from edgekd.targets import Target
 
@@ -28,7 +28,7 @@ def export_variants(ctx: Context, variants: dict[str, Variant]) -> dict[str, Art
     artifacts = {}
     for name, variant in variants.items():
         out_dir = _variant_dir(ctx, name)
-        precision = "fp16" if name == FP16_VARIANT else "fp32"
+        precision = "fp16" if base_variant(name) == FP16_VARIANT else "fp32"
 
         def run_export(variant=variant, out_dir=out_dir, name=name, precision=precision) -> dict:
             result = export(model=ctx.family.export_view(variant.model), out_dir=out_dir,
@@ -130,7 +130,8 @@ def _formats(ctx: Context, name: str) -> tuple[str, ...]:
     formats = tuple(ctx.recipe.formats)
     if name in VARIANTS:
         return formats
-    served = [t for t in ctx.plan.targets if ctx.plan.deployed_variant(t) == name]
+    served = [t for t in ctx.plan.targets if name == ctx.plan.deployed_variant(t)
+              or (t.precision == "int8" and name == ctx.plan.fp32_self(t))]  # its FP32 fall-back is timed there
     if any(t.runtime == "openvino" for t in served):
         return formats
     return tuple(f for f in formats if f != "openvino") or ("onnx",)

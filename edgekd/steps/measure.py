@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from edgekd.steps.context import Artifact, Context
 from edgekd.steps.export import publish_root, runs_on
-from edgekd.report.schema import KD_FP32, TEACHER_FP32
+from edgekd.report.schema import TEACHER_FP32, base_variant
 from edgekd.targets import Target
 
 
@@ -77,15 +77,15 @@ def _never_slower_than_fp32(ctx: Context, artifacts: dict[str, Artifact], timed:
     behind, the pair is timed again on its own, longer; still undecided, INT8 stays (a quarter of the bytes)."""
     from edgekd.bench import ROUNDS, clearly_faster, differ, time_interleaved
 
-    name = ctx.plan.deployed_variant(target)
-    if name not in ctx.plan.int8_variants() or artifacts[name].executed_precision != "int8":
+    name, fp32_name = ctx.plan.deployed_variant(target), ctx.plan.fp32_self(target)
+    if base_variant(name) not in ctx.plan.int8_variants() or artifacts[name].executed_precision != "int8":
         return
-    int8, fp32 = timed[name], timed[KD_FP32]
+    int8, fp32 = timed[name], timed[fp32_name]
     if not differ(fp32, int8) and fp32.p50 < int8.p50:
         pair = time_interleaved(models={name: artifacts[name].for_target(target),
-                                        KD_FP32: artifacts[KD_FP32].for_target(target)},
+                                        fp32_name: artifacts[fp32_name].for_target(target)},
                                 target=target, inputs=sample, rounds=ROUNDS, round_time_s=FOCUSED_ROUND_S)
-        int8, fp32 = pair[name], pair[KD_FP32]
+        int8, fp32 = pair[name], pair[fp32_name]
     if clearly_faster(fp32, int8):
         ctx.plan.deploy_fp32(target, f"INT8 {int8.describe()} vs FP32 {fp32.describe()} on {target.name}: "
-                                     f"deploys the FP32 student ({KD_FP32})")
+                                     f"deploys the FP32 student ({fp32_name})")

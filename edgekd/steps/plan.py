@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from edgekd.errors import BadInput
-from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, KD_FP32
+from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, KD_FP32, base_variant, own_variant
 from edgekd.targets import QuantScheme, Target, availability
 
 
@@ -23,6 +23,9 @@ class TargetPlan:
     static_shapes: bool
     notes: list[str] = field(default_factory=list)
     fp32_instead: dict[str, str] = field(default_factory=dict)  # INT8 target name -> why it deploys the FP32 KD student
+    # target name -> the larger student `student: auto` picked for it than the run's own (the least capable
+    # pick, which fits every target): such a target deploys that student, in its precision
+    own_students: dict[str, str] = field(default_factory=dict)
 
     @property
     def int8_target(self) -> Target | None:
@@ -42,12 +45,34 @@ class TargetPlan:
 
     def deployed_variant(self, target: Target) -> str:
         """What `target` deploys: the QAT student in its scheme, or the KD student in FP16 / FP32 (also where
-        step 5 measured the INT8 student clearly slower)."""
+        step 5 measured the INT8 student clearly slower); of its own student where it has one."""
         if target.precision == "fp16":
-            return FP16_VARIANT
-        if target.precision == "fp32" or target.name in self.fp32_instead:
-            return KD_FP32
-        return next(name for name, group in self.int8_variants().items() if target in group)
+            base = FP16_VARIANT
+        elif target.precision == "fp32" or target.name in self.fp32_instead:
+            base = KD_FP32
+        else:
+            base = next(name for name, group in self.int8_variants().items() if target in group)
+        return self._of_student(base, target)
+
+    def fp32_self(self, target: Target) -> str:
+        """The FP32 KD student of the student `target` deploys: what its INT8 one must not be slower than."""
+        return self._of_student(KD_FP32, target)
+
+    def _of_student(self, base: str, target: Target) -> str:
+        spec = self.own_students.get(target.name)
+        return base if spec is None else own_variant(base, spec)
+
+    def own_deployables(self) -> dict[str, set[str]]:
+        """Each larger student some targets deploy -> the kinds of variant made of it (its KD student for
+        the FP32 fall-back of an INT8 target, and what each of its targets deploys)."""
+        kinds: dict[str, set[str]] = {}
+        for target in self.targets:
+            spec = self.own_students.get(target.name)
+            if spec is not None:
+                own = kinds.setdefault(spec, set())
+                own.add(base_variant(self.deployed_variant(target)))
+                own.add(KD_FP32)
+        return kinds
 
     @property
     def primary(self) -> str:
@@ -61,7 +86,7 @@ class TargetPlan:
     @property
     def may_deploy(self) -> set[str]:
         """What the targets deploy, plus the FP32 KD student any INT8 target falls back to when INT8 loses."""
-        return self.deployed | ({KD_FP32} if self.int8_groups else set())
+        return self.deployed | {self.fp32_self(t) for t in self.targets if t.precision == "int8"}
 
     @property
     def scheme(self) -> QuantScheme:

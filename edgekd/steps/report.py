@@ -16,7 +16,7 @@ from edgekd.io import write_json
 from edgekd.report.schema import Report
 from edgekd.steps.context import Artifact, Context
 from edgekd.steps.export import rejected_formats, runs_on
-from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, NO_KD, TEACHER_FP32, VARIANTS
+from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, NO_KD, TEACHER_FP32, VARIANTS, base_variant
 from edgekd.steps.train import distill_config
 
 
@@ -71,7 +71,7 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
         "speedup_vs_teacher": {t: teacher.p50 / student.p50 for t, (teacher, student) in versus.items() if student.p50},
         "speedup_within_noise": [t for t, (teacher, student) in versus.items() if not differ(teacher, student)],
         "training": {name: _curves(artifact.info["history"]) for name, artifact in artifacts.items()
-                     if artifact.info.get("history") and name != FP16_VARIANT},  # FP16: the KD student's curves
+                     if artifact.info.get("history") and base_variant(name) != FP16_VARIANT},  # FP16: the KD student's
         "audit": audit(y_true=ctx.data.y_test, teacher_pred=preds[TEACHER_FP32], student_pred=preds[primary])
         if ctx.data.task == "classification" else None,
         "quantization": {"scheme": ctx.plan.scheme.model_dump(), "scheme_source": ctx.plan.scheme_source,
@@ -129,11 +129,12 @@ def _budget_notes(ctx: Context, targets: list[dict]) -> list[str]:
             continue
         check = failed["min_metric_retention"]
         profiled = next((t for t in budget["targets"] if t["target"] == entry["name"]), None)
+        chosen = ctx.plan.own_students.get(entry["name"], budget["chosen"])
         params = {c["student"]: c["params"] for c in (profiled or {}).get("candidates", [])}
         larger = [c for c in (profiled or {}).get("candidates", [])
-                  if c["student"] != "teacher" and c["params"] > params.get(budget["chosen"], 0)]
+                  if c["student"] != "teacher" and c["params"] > params.get(chosen, 0)]
         next_up = min(larger, key=lambda c: c["params"]) if larger else None
-        notes.append(f"{entry['name']}: the budget and the quality floor conflict: {budget['chosen']} meets the "
+        notes.append(f"{entry['name']}: the budget and the quality floor conflict: {chosen} meets the "
                      f"budget but keeps {check['value']:.3f} of the teacher's metric, under the floor {check['limit']}"
                      + (f"; the next larger candidate, {next_up['student']}, measured p95 {next_up['latency_p95_ms']:.3f} "
                         "ms" if next_up else "; it is the largest student the ladder holds"))

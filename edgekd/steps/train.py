@@ -13,17 +13,17 @@ from torch import nn
 from edgekd.steps.budget import AUTO, choose_student
 from edgekd.student_spec import parse_student
 from edgekd.steps.context import Context, Variant, stored
-from edgekd.report.schema import DEPLOYABLE, KD_FP32, NO_KD, TEACHER_INT8
+from edgekd.report.schema import DEPLOYABLE, KD_FP32, NO_KD, TEACHER_INT8, own_variant
 from edgekd.targets import Target
 
 
 # ---- 1. prune ---------------------------------------------------------------------------------
 
-def make_student(ctx: Context) -> Variant:
+def make_student(ctx: Context, own: str | None = None) -> Variant:
     """The student the recipe names: `prune:R` / `layers:N` of the teacher (the family makes it), the one
     `auto` picks from latency measured on the targets, or a given checkpoint / factory, built under the
-    run's seed."""
-    spec = ctx.recipe.student
+    run's seed; with `own`, that larger student `auto` picked for some targets."""
+    spec = own or ctx.recipe.student
     ctx.family.check_model_takes_data(f"teacher '{ctx.recipe.teacher}'", f"--data '{ctx.recipe.data}'")
     if spec == AUTO:
         spec = choose_student(ctx)
@@ -40,7 +40,12 @@ def make_student(ctx: Context) -> Variant:
         loaded = load_model(spec, trusted_factories=ctx.recipe.trusted_factories(), seed=ctx.recipe.seed)
         return Variant(loaded.model, loaded.ref, list(loaded.transforms), {"given": spec})
 
-    return stored(ctx, "student", build)
+    return stored(ctx, _stage("student", own), build)
+
+
+def _stage(name: str, own: str | None) -> str:
+    """The run-state stage (and checkpoint folder) of `name`, made of the run's own student or of `own`."""
+    return name if own is None else own_variant(name, own)
 
 
 # ---- 2. distill -------------------------------------------------------------------------------
@@ -55,12 +60,12 @@ def distill_config(ctx: Context, *, kd: bool, student: nn.Module | None = None):
     return ctx.family.distill_config(settings, source="recipe: distill", student=student)
 
 
-def train_student(ctx: Context, student: Variant, *, kd: bool) -> Variant:
+def train_student(ctx: Context, student: Variant, *, kd: bool, own: str | None = None) -> Variant:
     """KD training, or the no-KD baseline: trained on labels, or, where the family has no training
-    signal without a teacher (unlabeled text), the student as made."""
+    signal without a teacher (unlabeled text), the student as made. `own`: the larger student it is."""
     from edgekd.distill import distill
 
-    stage = KD_FP32 if kd else NO_KD
+    stage = _stage(KD_FP32 if kd else NO_KD, own)
 
     def build() -> Variant:
         if not kd and not ctx.family.trains_without_teacher():
@@ -92,7 +97,26 @@ def _quant_config(ctx: Context, *, mode: str, group: list[Target]):
     return QuantConfig.for_target(group[0], weight_bits=bits, weight_bits_reason=why, **settings)
 
 
-def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABLE) -> Variant:
+def train_own_students(ctx: Context) -> dict[str, Variant]:
+    """The larger students `auto` picked for some targets (`TargetPlan.own_students`), made and KD-trained
+    like the run's own: spec -> its FP32 KD student."""
+    return {spec: train_student(ctx, make_student(ctx, own=spec), kd=True, own=spec)
+            for spec in ctx.plan.own_deployables()}
+
+
+def quantize_own_students(ctx: Context, own_kd: dict[str, Variant]) -> dict[str, Variant]:
+    """Every variant made of those students that a target may deploy: QAT+KD in each INT8 scheme its
+    targets want, and the KD student itself (FP32, or stored in FP16 for an fp16 target)."""
+    made = {}
+    for spec, kinds in ctx.plan.own_deployables().items():
+        for kind in sorted(kinds):
+            int8 = kind in ctx.plan.int8_variants()
+            made[own_variant(kind, spec)] = (quantize_student(ctx, own_kd[spec], variant=kind, own=spec) if int8
+                                             else own_kd[spec])
+    return made
+
+
+def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABLE, own: str | None = None) -> Variant:
     """QAT+KD: the FP32 KD student teaches its own fake-quant copy, in the scheme `variant`'s targets
     want (`TargetPlan.int8_variants`); layer kinds that INT8 makes slower on a measurable one stay float."""
     from edgekd.quant import checkpoint_transform, qat_distill_config
@@ -101,6 +125,7 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
     q = ctx.recipe.quant
     group = ctx.plan.int8_variants()[variant]
     timed_on = next((t for t in group if t in ctx.plan.available), None)
+    stage = _stage(variant, own)
 
     def build() -> Variant:
         kd = distill_config(ctx, kd=True)
@@ -112,7 +137,7 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
         config.latency_aware = q.latency_aware and ctx.family.times_layer_choices() and timed_on is not None
         result = quantize(model=student.model, data=ctx.data, config=config, teacher=student.model,
                           target=timed_on if config.latency_aware else None,
-                          example_inputs=ctx.family.example_input(), out_dir=ctx.run.checkpoint_dir(variant),
+                          example_inputs=ctx.family.example_input(), out_dir=ctx.run.checkpoint_dir(stage),
                           resume=ctx.resume)
         report = result.report.as_dict()
         choice = result.layer_choice
@@ -121,7 +146,7 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
         report["targets"] = [t.name for t in group]
         return Variant(result.model, student.ref, transforms, {"history": result.history, "quantization": report})
 
-    return stored(ctx, variant, build)
+    return stored(ctx, stage, build)
 
 
 def quantize_teacher(ctx: Context) -> Variant:
