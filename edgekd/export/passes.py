@@ -9,6 +9,9 @@
   the quantizer absorbed the activation. Removing it lets the next QuantizeLinear meet the DQ.
 - drop_requantize_pairs: DequantizeLinear -> QuantizeLinear with identical scale and zero point
   returns the same integers; consumers of the Q read the original integers directly.
+- gather_quantized_rows: an INT8 embedding table (DequantizeLinear per row -> Gather) would be
+  dequantized whole on every run (ONNX Runtime never folds a DequantizeLinear): gather the int8
+  rows first, then scale just those (Gather -> Cast -> Mul by the gathered row scales). Same values.
 - drop_export_traces: the exporter's debugging annotations (see its docstring); they change no
   value, only the file's size.
 """
@@ -158,9 +161,51 @@ def drop_export_traces(model: onnx.ModelProto) -> int:
     return dropped
 
 
+def gather_quantized_rows(model: onnx.ModelProto) -> int:
+    """Gather of a per-row DequantizeLinear of a constant int8 table (zero points 0) -> Gather of the int8
+    rows, Cast, Mul by the gathered row scales; returns the lookups rewritten."""
+    constants = _constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    rewritten = 0
+    for gather in [n for n in model.graph.node if n.op_type == "Gather"]:
+        dq = producers.get(gather.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or _attribute(gather, "axis", 0) != 0:
+            continue
+        table, scale = constants.get(dq.input[0]), constants.get(dq.input[1])
+        zero = constants.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if (table is None or scale is None or table.dtype != np.int8 or table.ndim != 2
+                or _attribute(dq, "axis", 1) != 0 or scale.shape != (table.shape[0],)
+                or (zero is not None and np.any(zero != 0))):
+            continue
+        rows_scale = f"{dq.input[1]}.rows"
+        if rows_scale not in constants:
+            model.graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, 1).astype(np.float32),
+                                                                   rows_scale))
+            constants[rows_scale] = scale
+        out, ids = gather.output[0], gather.input[1]
+        rows, values, scales = f"{out}.int8_rows", f"{out}.rows", f"{out}.row_scales"
+        at = list(model.graph.node).index(gather)
+        model.graph.node.remove(gather)
+        for offset, node in enumerate([
+                onnx.helper.make_node("Gather", [dq.input[0], ids], [rows], axis=0),
+                onnx.helper.make_node("Cast", [rows], [values], to=onnx.TensorProto.FLOAT),
+                onnx.helper.make_node("Gather", [rows_scale, ids], [scales], axis=0),
+                onnx.helper.make_node("Mul", [values, scales], [out])]):
+            model.graph.node.insert(at + offset, node)
+        rewritten += 1
+    if rewritten:
+        _drop_unused(model)
+    return rewritten
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def clean_qdq_graph(model: onnx.ModelProto) -> dict:
     """All passes, to a fixed point; returns how many rewrites each made (for the export report)."""
-    counts = {"folded": fold_constants(model), "noop_activations": 0, "requantize_pairs": 0}
+    counts = {"folded": fold_constants(model), "noop_activations": 0, "requantize_pairs": 0,
+              "quantized_lookups": gather_quantized_rows(model)}
     while True:
         acts, pairs = drop_noop_activations(model), drop_requantize_pairs(model)
         counts["noop_activations"] += acts

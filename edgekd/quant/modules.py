@@ -351,6 +351,32 @@ class QuantMatMul(MatMul):
 QUANT_LAYER_TYPES = (QuantConv1d, QuantConv2d, QuantLinear, QuantMatMul)
 
 
+class QuantEmbedding(nn.Embedding):
+    """An embedding table stored as INT8 rows, each with its own scale (weight-only: a lookup has no
+    arithmetic to run in INT8). The word embeddings are half of all-MiniLM-L6-v2's parameters (11.7M of
+    22.6M), so a text "INT8" artifact with a float table is still half float. The export writes the int8
+    table and gathers rows before scaling them (edgekd.export.passes.gather_quantized_rows)."""
+
+    weight_quantizer: FakeQuantizer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        wq = self.weight_quantizer
+        if self.training and wq.enabled and not wq.frozen:  # the grid follows the rows as they train
+            wq.set_range_from(self.weight)
+        return F.embedding(ids, wq(self.weight), self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+
+def quant_embedding_from(embedding: nn.Embedding, *, weight_quantizer: FakeQuantizer) -> QuantEmbedding:
+    new = QuantEmbedding(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx,
+                         max_norm=embedding.max_norm, norm_type=embedding.norm_type,
+                         scale_grad_by_freq=embedding.scale_grad_by_freq, sparse=embedding.sparse,
+                         device=embedding.weight.device, dtype=embedding.weight.dtype)
+    new.weight = embedding.weight
+    new.weight_quantizer = weight_quantizer
+    return new.train(embedding.training)
+
+
 def quantizers(model: nn.Module) -> list[FakeQuantizer]:
     """Every distinct fake quantizer in `model` (shared ones once)."""
     return [m for m in model.modules() if isinstance(m, FakeQuantizer)]

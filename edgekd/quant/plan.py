@@ -82,7 +82,8 @@ def _why_not(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> str
     return None
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """`name` is one of `patterns` or inside one of them."""
     return any(name == p or name.startswith(p + ".") for p in patterns)
 
 
@@ -189,7 +190,7 @@ def make_plan(model: nn.Module, *, skip: Iterable[str], fold_bn: bool) -> dict:
         if reason is not None:
             float_layers.append({"name": name, "reason": reason})
         elif _quantizable(module):
-            if _matches(name, skip):
+            if matches(name, skip):
                 float_layers.append({"name": name, "reason": "skipped on request"})
             else:
                 candidates[name] = module

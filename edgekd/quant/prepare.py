@@ -16,15 +16,17 @@ from edgekd.quant.modules import (
     QUANT_LAYER_TYPES,
     FakeQuantizer,
     MatMul,
+    QuantEmbedding,
     QuantLinear,
     QuantMatMul,
     _QuantConvMixin,
     quant_conv_from,
+    quant_embedding_from,
     quant_linear_from,
     quantizers,
 )
 from edgekd.quant.observers import check_observer
-from edgekd.quant.plan import check_skip, make_plan
+from edgekd.quant.plan import check_skip, make_plan, matches
 from edgekd.quant.qparams import grid, weight_bits_for_host
 from edgekd.targets import QuantScheme
 
@@ -81,7 +83,8 @@ def prepare(*, model: nn.Module, scheme: QuantScheme, skip: Iterable[str] = (), 
             else "it has no Conv1d/Conv2d/Linear/MatMul")
         raise BadInput(f"no layer of {type(model).__name__} can be quantized ({why})")
     plan.update(scheme=scheme.model_dump(), weight_bits=weight_bits, weight_bits_reason=bits_reason,
-                observer=observer, lsq=bool(lsq), fold_bn=bool(fold_bn), attention_swap=swapped_attention(quantized))
+                observer=observer, lsq=bool(lsq), fold_bn=bool(fold_bn), attention_swap=swapped_attention(quantized),
+                embeddings=[n for n, m in quantized.named_modules() if type(m) is nn.Embedding and not matches(n, skip)])
     return apply_plan(quantized, plan)
 
 
@@ -125,6 +128,11 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
         if device is not None:  # new quantizer buffers start on the CPU; keep the layer where it was
             new.to(device)
         _set_submodule(model, name, new)
+    row_grid = grid(dtype="int8", symmetric=True)  # a table lookup: no u8 x s8 kernel to saturate, full 8 bits
+    for name in plan.get("embeddings", ()):  # plans written before embeddings were quantized have none
+        table = model.get_submodule(name)
+        quantizer = FakeQuantizer(grid=row_grid, axis=0, channels=table.num_embeddings)
+        _set_submodule(model, name, quant_embedding_from(table, weight_quantizer=quantizer))
     setattr(model, PLAN_ATTR, copy.deepcopy(plan))
     return model
 
@@ -153,7 +161,12 @@ def _as_args(batch) -> tuple:
 
 
 def weight_quantizers(model: nn.Module) -> list[FakeQuantizer]:
-    return [layer.weight_quantizer for layer in quant_layers(model).values() if hasattr(layer, "weight_quantizer")]
+    return [layer.weight_quantizer for layer in quant_layers(model).values() if hasattr(layer, "weight_quantizer")] \
+        + [table.weight_quantizer for table in embeddings(model)]
+
+
+def embeddings(model: nn.Module) -> list[QuantEmbedding]:
+    return [m for m in model.modules() if isinstance(m, QuantEmbedding)]
 
 
 def activation_quantizers(model: nn.Module) -> list[FakeQuantizer]:
@@ -271,6 +284,8 @@ def calibrate(*, model: nn.Module, inputs: Iterable) -> list[str]:
                 layer.weight_quantizer.set_range_from(layer.folded_weight_and_bias()[0])
             elif isinstance(layer, QuantLinear):
                 layer.weight_quantizer.set_range_from(layer.weight)
+        for table in embeddings(model):
+            table.weight_quantizer.set_range_from(table.weight)
     model.train(was_training)
     model.edgekd_quant_plan["uncalibrated"] = unseen
     return unseen

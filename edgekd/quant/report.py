@@ -26,6 +26,7 @@ class QuantReport:
     # not QAT-trained. None where no QAT ran (PTQ, or a model kept float).
     kept_calibrated_start: bool | None = None
     smooth_alpha: float | None = None  # every Linear SmoothQuant-ed with this alpha before calibration (PTQ)
+    embeddings: list[str] = field(default_factory=list)  # lookup tables stored as INT8 rows (weight-only)
 
     @classmethod
     def of(cls, model: nn.Module) -> "QuantReport":
@@ -44,7 +45,7 @@ class QuantReport:
                    graph=plan["graph"], quantized=quantized,
                    float_layers=list(plan["float"]), uncalibrated=list(plan.get("uncalibrated", [])),
                    latency=plan.get("latency"), kept_calibrated_start=plan.get("qat", {}).get("kept_calibrated_start"),
-                   smooth_alpha=plan.get("smooth_alpha"))
+                   smooth_alpha=plan.get("smooth_alpha"), embeddings=list(plan.get("embeddings", [])))
 
     def as_dict(self) -> dict:
         return asdict(self)
