@@ -325,8 +325,39 @@ def text_throughput_block(results: Path = RESULTS) -> str:
     return "\n".join(rows) + "\n\n" + _wrap(note)
 
 
+def budget_profile_block(results: Path = RESULTS) -> str:
+    """What `edgekd profile` costs, and the depth x width frontier it measures for a real text encoder."""
+    d = load("budget_profile", results)
+    lines = []
+    for w in d["workloads"]:
+        budget = ", ".join(f"{k} {'none' if v is None else format(v, 'g')}" for k, v in w["budget"]["*"].items())
+        load_avg = w["load_average_1min"]
+        teacher = {"minilm": "all-MiniLM-L6-v2"}.get(w["workload"], f"`{w['teacher']}`")  # minilm: a site-packages path
+        lines.append(f"- **{w['workload']}** ({teacher} on {w['data']}, budget {budget}): "
+                     f"{w['rows_timed']} rows (teacher and candidates, every target) in {w['wall_s']:.0f} s, "
+                     f"{w['rows_per_minute']:.1f} a minute (load average {load_avg['before']:.1f} -> "
+                     f"{load_avg['after']:.1f}); chosen: "
+                     + "; ".join(f"{t['name']} {t['chosen'] or 'none'}" for t in w["targets"]) + ".")
+    text = [_wrap(line) for line in lines]
+    minilm = next((w for w in d["workloads"] if w["workload"] == "minilm"), None)
+    if minilm:
+        (target,) = minilm["targets"]
+        rows = ["| candidate | params | INT8 p50 ms (round IQR) | speed-up vs FP32 teacher | size MB | fits |",
+                "|---|---|---|---|---|---|"]
+        for c in target["candidates"]:
+            low, high = c["latency_spread_ms"]
+            rows.append(f"| {c['student']} | {c['params']:,} | {_ms(c['latency_p50_ms'])} ({_ms(low)}-{_ms(high)}) | "
+                        f"{c['speedup']:.2f}x | {c['model_size_mb']:.1f} | "
+                        f"{'yes' if c['fits'] else 'no: ' + ', '.join(c['misses'])} |")
+        text += ["", *rows]
+    text += ["", _wrap(f"`python benchmarks/budget_profile.py`; untrained candidates (latency does not depend on "
+                       f"the weights), so no quality is claimed; {host(d)}.")]
+    return "\n".join(text)
+
+
 BLOCKS = {"benchmarks": benchmarks_block, "peers-summary": peers_summary_block, "peers": peers_block,
-          "limits-minilm": limits_minilm_block, "text-throughput": text_throughput_block}
+          "limits-minilm": limits_minilm_block, "text-throughput": text_throughput_block,
+          "budget-profile": budget_profile_block}
 
 
 def blocks(results: Path = RESULTS) -> dict[str, str]:
