@@ -542,7 +542,9 @@ def _print_summary(report: dict) -> None:
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
         verdicts.add_row(entry["name"], *((entry.get("variant") or "-",) if mixed else ()),
                          fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
-                         entry["slo"]["verdict"] + ("" if entry["available"] else f" ({entry['reason']})"))
+                         entry["slo"]["verdict"] + (f" ({entry['reason']})" if not entry["available"] else
+                                                    f" ({entry['slo']['reason']})" if entry["slo"]["verdict"] == "fail"
+                                                    else ""))
     console.print(verdicts)
     for note in report.get("notes") or []:
         console.print(f"note: {note}", markup=False)

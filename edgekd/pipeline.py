@@ -54,7 +54,8 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
         S.check_auto(plan)  # before the run folder is touched
     out = Path(recipe.out)
     run = RunState(out, resume=resume, trusted_factories=recipe.trusted_factories(), fingerprint={
-        "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256})
+        "recipe": S.recipe_hash(recipe), "teacher": model_sha256(teacher.model), "data": data.sha256,
+        "targets": S.targets_hash(targets)})
     ctx = S.Context(recipe=recipe, data=data, teacher=teacher, family=family, plan=plan, run=run, console=console,
                     resume=resume)
 

@@ -98,7 +98,7 @@ class Recipe(_Section):
         from edgekd.targets import Slo
 
         for name, limits in overrides.items():
-            unknown = sorted(set(limits) - set(Slo.model_fields))
+            unknown = sorted(str(key) for key in set(limits) - set(Slo.model_fields))
             if unknown:
                 raise ValueError(f"slo.{name}: unknown SLO key '{unknown[0]}' (known: {', '.join(Slo.model_fields)})")
             try:
@@ -157,6 +157,22 @@ def example_recipe(**overrides) -> Recipe:
     return Recipe.model_validate({**EXAMPLE, **overrides})
 
 
+def _with_flags(recipe_slo, flags: dict[str, dict]):
+    """The recipe's `slo` with `--slo` flags over it: a flag for every target ("*") also beats a recipe entry
+    for one target, since flags override the recipe. A malformed recipe entry is left for validation to name."""
+    if recipe_slo is None:
+        recipe_slo = {}
+    if not isinstance(recipe_slo, dict):
+        return recipe_slo
+    merged = dict(recipe_slo)
+    for scope, limits in flags.items():
+        for name in [scope] + ([n for n in merged if n != "*"] if scope == "*" else []):
+            entry = merged.get(name)
+            if entry is None or isinstance(entry, dict):
+                merged[name] = {**(entry or {}), **limits}
+    return merged
+
+
 def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, quant_epochs: int | None = None,
                 slo_flags: dict[str, dict] | None = None, **overrides) -> Recipe:
     """The recipe at `path` (or the embedded default) with non-None `overrides` applied
@@ -179,9 +195,8 @@ def load_recipe(path: str | Path | None, *, distill_epochs: int | None = None, q
         data["distill"] = {**(data.get("distill") or {}), "epochs": distill_epochs}
     if quant_epochs is not None:
         data["quant"] = {**(data.get("quant") or {}), "epochs": quant_epochs}
-    for scope, limits in (slo_flags or {}).items():
-        recipe_slo = data.get("slo") if isinstance(data.get("slo"), dict) else {}
-        data["slo"] = {**recipe_slo, scope: {**(recipe_slo.get(scope) or {}), **limits}}
+    if slo_flags:
+        data["slo"] = _with_flags(data.get("slo"), slo_flags)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:

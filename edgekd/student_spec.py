@@ -86,4 +86,4 @@ def _number(text: str) -> float:
 
 
 def _whole(text: str) -> int | None:
-    return int(text) if text.isdigit() and int(text) >= 1 else None
+    return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None  # "²".isdigit() too

@@ -128,17 +128,18 @@ def parse_slo_flags(flags: list[str]) -> dict[str, dict]:
     VALUE `none` lifts the limit). Keys and values are checked when the overrides are applied."""
     overrides: dict[str, dict] = {}
     for flag in flags:
-        head, colon, tail = flag.partition(":")
-        scope, assignment = (head, tail) if colon and "=" not in head else ("", flag)
-        key, eq, value = assignment.partition("=")
-        if not eq or not key:
-            raise BadInput(f"--slo '{flag}': expected [TARGET:]KEY=VALUE, e.g. latency_p95_ms=4 or x86-cpu-openvino:min_speedup=2")
+        assignment, eq, value = flag.partition("=")
+        scope, colon, key = assignment.rpartition(":")  # a target's name may hold colons; a key never does
+        shown = flag if len(flag) <= 120 else flag[:120] + "..."
+        if not eq or not key or (colon and not scope):
+            raise BadInput(f"--slo '{shown}': expected [TARGET:]KEY=VALUE, e.g. latency_p95_ms=4 or "
+                           "x86-cpu-openvino:min_speedup=2")
         if key not in Slo.model_fields:
-            raise BadInput(f"--slo '{flag}': unknown SLO key '{key}' (known: {', '.join(Slo.model_fields)})")
+            raise BadInput(f"--slo '{shown}': unknown SLO key (known: {', '.join(Slo.model_fields)})")
         try:
             limit = None if value.strip().lower() == "none" else float(value)
         except ValueError:
-            raise BadInput(f"--slo '{flag}': '{value}' is not a number (or none)") from None
+            raise BadInput(f"--slo '{shown}': the value is not a number (or none)") from None
         overrides.setdefault(scope or "*", {})[key] = limit
     return overrides
 

@@ -227,3 +227,17 @@ def test_impossible_timing_options_are_bad_input(options):
                            "runtime_device": "CPUExecutionProvider", "precision": "fp32"}, source="test")
     with pytest.raises(BadInput, match="timing options"):
         benchmark(model="model.onnx", target=target, **options)
+
+
+def test_unlabeled_held_out_samples_are_not_scored_as_misses():
+    """y == -1 has no right answer: accuracy counts labeled samples only; with none, agreement with the teacher."""
+    import numpy as np
+
+    from edgekd.families.arrays import classification_metric
+
+    outputs = np.eye(3)[[0, 1, 2, 0]]
+    teacher = np.eye(3)[[0, 1, 1, 0]]
+    metric = classification_metric(outputs, np.array([0, 1, -1, -1]), teacher)
+    assert metric == {"name": "accuracy", "value": 1.0, "labeled_samples": 2}
+    unlabeled = classification_metric(outputs, np.full(4, -1), teacher)
+    assert unlabeled == {"name": "teacher_agreement", "value": 0.75}

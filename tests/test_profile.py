@@ -154,11 +154,13 @@ def test_slo_flags_replace_a_profile_budget_per_target():
 
     targets = [load_target("x86-cpu-onnxruntime"), load_target("x86-cpu-openvino")]
     flags = parse_slo_flags(["latency_p95_ms=4", "x86-cpu-openvino:min_speedup=2", "model_size_mb=none"])
+    assert parse_slo_flags(["a:b:min_speedup=2"]) == {"a:b": {"min_speedup": 2.0}}  # a target named a:b
     ort, ov = apply_slo_overrides(targets, flags, source="--slo")
     assert ort.slo.latency_p95_ms == ov.slo.latency_p95_ms == 4 and ort.slo.model_size_mb is None
     assert ov.slo.min_speedup == 2 and ort.slo.min_speedup is None
     assert ort.slo.peak_memory_mb == targets[0].slo.peak_memory_mb  # the rest of the profile's budget stays
-    for flag, message in [("latency=4", "unknown SLO key 'latency'"), ("latency_p95_ms=fast", "not a number"),
+    for flag, message in [("latency=4", "'latency=4': unknown SLO key"), ("latency_p95_ms=fast", "not a number"),
+                          (":min_speedup=2", "expected"),
                           ("latency_p95_ms=-1", "greater than 0"), ("latency_p95_ms=inf", "finite"),
                           ("nosuch:latency_p95_ms=1", "'nosuch' is not a target of this run"),
                           ("latency_p95_ms", "expected [TARGET:]KEY=VALUE")]:
@@ -174,6 +176,13 @@ def test_recipe_slo_is_checked_before_any_work(tmp_path):
     recipe.write_text("slo:\n  x86-cpu-onnxruntime: {latency_p95_ms: 4}\n")
     loaded = load_recipe(recipe, slo_flags={"x86-cpu-onnxruntime": {"min_speedup": 2.0}})
     assert loaded.slo == {"x86-cpu-onnxruntime": {"latency_p95_ms": 4, "min_speedup": 2.0}}
+    recipe.write_text("slo:\n  x86-cpu-onnxruntime: {model_size_mb: 0.01}\n")  # a flag for every target wins
+    assert load_recipe(recipe, slo_flags={"*": {"model_size_mb": None}}).slo["x86-cpu-onnxruntime"] == {
+        "model_size_mb": None}
+    for bad in ("slo:\n  '*': {1: 2, foo: 3}\n", "slo:\n  '*': [1, 2]\n"):
+        recipe.write_text(bad)
+        with pytest.raises(BadInput, match="slo"):
+            load_recipe(recipe, slo_flags={"*": {"min_speedup": 2.0}})
     recipe.write_text("slo:\n  '*': {latency_ms: 4}\n")
     with pytest.raises(BadInput, match="slo.\\*: unknown SLO key 'latency_ms'"):
         load_recipe(recipe)

@@ -70,9 +70,11 @@ def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
 
     if unavailable_reason:
         return SloVerdict("not-measured", checks, f"device not available: {unavailable_reason}")
-    failed = [c.key for c in checks if c.ok is False]
-    if failed:
-        return SloVerdict("fail", checks, f"over the limit: {', '.join(failed)}")
+    over = [c.key for c in checks if c.ok is False and c.key not in CALLER_KEYS]
+    under = [c.key for c in checks if c.ok is False and c.key in CALLER_KEYS]
+    if over or under:
+        return SloVerdict("fail", checks, "; ".join(
+            [f"over the limit: {', '.join(over)}"] * bool(over) + [f"under the floor: {', '.join(under)}"] * bool(under)))
     missing = [c.key for c in checks if c.ok is None and c.key not in CALLER_KEYS]
     if missing:
         return SloVerdict("not-measured", checks, f"not measured: {', '.join(missing)}")

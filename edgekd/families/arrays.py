@@ -51,8 +51,19 @@ class ArrayFamily(ModelFamily):
 
     def metric(self, outputs: np.ndarray, teacher_outputs: np.ndarray) -> dict:
         if self.data.task == "classification":
-            return {"name": "accuracy", "value": float((outputs.argmax(1) == self.data.y_test).mean())}
+            return classification_metric(outputs, self.data.y_test, teacher_outputs)
         from edgekd.distill.embedding import embedding_agreement
 
         agreement = embedding_agreement(student_emb=outputs, teacher_emb=teacher_outputs)
         return {"name": "spearman_vs_teacher", "value": float(agreement["spearman"]), **agreement}
+
+
+def classification_metric(outputs: np.ndarray, labels: np.ndarray | None, teacher_outputs: np.ndarray) -> dict:
+    """Top-1 accuracy on the labeled held-out samples (unlabeled ones, y == -1, have no right answer to
+    miss); with no labeled one, top-1 agreement with the teacher, named as such."""
+    predicted = outputs.argmax(1)
+    labeled = labels >= 0 if labels is not None else np.zeros(len(predicted), dtype=bool)
+    if labeled.any():
+        return {"name": "accuracy", "value": float((predicted[labeled] == labels[labeled]).mean()),
+                "labeled_samples": int(labeled.sum())}
+    return {"name": "teacher_agreement", "value": float((predicted == teacher_outputs.argmax(1)).mean())}

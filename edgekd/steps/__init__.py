@@ -8,7 +8,7 @@ Whatever differs by kind of model comes from the run's model family (edgekd.fami
 """
 
 from edgekd.steps.budget import AUTO, check_auto
-from edgekd.steps.context import Artifact, Context, StageLog, Variant, as_variant, recipe_hash
+from edgekd.steps.context import Artifact, Context, StageLog, Variant, as_variant, recipe_hash, targets_hash
 from edgekd.steps.export import export_variants
 from edgekd.steps.measure import benchmark_variants
 from edgekd.report.schema import DEPLOYABLE, FP16_VARIANT, KD_FP32, NO_KD, TEACHER_FP32, TEACHER_INT8, VARIANTS
@@ -18,7 +18,7 @@ from edgekd.steps.train import (make_student, quantize_own_students, quantize_st
                                 train_own_students, train_student)
 
 __all__ = [
-    "AUTO", "check_auto", "Artifact", "Context", "StageLog", "Variant", "as_variant", "recipe_hash", "export_variants",
+    "AUTO", "check_auto", "Artifact", "Context", "StageLog", "Variant", "as_variant", "recipe_hash", "targets_hash", "export_variants",
     "benchmark_variants", "DEPLOYABLE", "FP16_VARIANT", "KD_FP32", "NO_KD", "TEACHER_FP32", "TEACHER_INT8",
     "VARIANTS", "TargetPlan", "plan_targets", "all_slos_met", "write_report", "make_student", "quantize_student",
     "quantize_teacher", "train_student", "train_own_students", "quantize_own_students",

@@ -44,6 +44,12 @@ def recipe_hash(recipe: Recipe) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
 
+def targets_hash(targets: list) -> str:
+    """The target profiles as the run reads them (a profile file edited between an interrupted run and its
+    --resume would judge the old budget's choice by the new budget)."""
+    return hashlib.sha256(json.dumps([t.model_dump(mode="json") for t in targets], sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class Variant:
     """A model of the ablation together with how to rebuild it and what training produced."""
