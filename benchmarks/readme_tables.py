@@ -355,9 +355,45 @@ def budget_profile_block(results: Path = RESULTS) -> str:
     return "\n".join(text)
 
 
+def lm_smollm2_block(results: Path = RESULTS) -> str:
+    """SmolLM2-135M distilled into a causal-LM student through `edgekd compress` (benchmarks/lm_smollm2.py): the
+    quick recipe's run and, where it has been run, the longer one."""
+    text = []
+    for name, command in (("lm_smollm2.quick", "python benchmarks/lm_smollm2.py --quick"),
+                          ("lm_smollm2", "python benchmarks/lm_smollm2.py")):
+        if not (results / f"{name}.json").is_file():
+            continue
+        d = load(name, results)
+        summary = d["summary"]
+        targets = list(summary["targets"])
+        labels = [RUNTIME_LABELS.get(t.removeprefix("x86-cpu-"), t) for t in targets]
+        rows = ["| variant | agreement | perplexity | size MB | " + " | ".join(f"tokens/s {lb}" for lb in labels)
+                + f" | TTFT p95 ms {labels[0]} |", "|---|---|---|---|" + "---|" * (len(targets) + 1)]
+        for variant, v in summary["variants"].items():
+            rates = v["decode_tokens_per_s"] or {}
+            rows.append(f"| {variant} | {v['agreement']:.3f} | {v['perplexity']:.1f} | {v['size_mb']:.1f} | "
+                        + " | ".join(f"{rates.get(t) or 0:.1f}" for t in targets)
+                        + f" | {(v['ttft_ms_p95'] or {}).get(targets[0]) or 0:.1f} |")
+        speedups = ", ".join(f"{summary['targets'][t]['speedup']:.2f}x on {lb}" for t, lb in zip(targets, labels))
+        speculative = next((s for s in (summary["speculative"] or {}).values() if s), None)
+        lines = [f"**{d['student']}, {d['kd_steps']} KD steps (and as many without KD), {d['qat_steps']} QAT steps"
+                 f"** ({'the quick recipe' if d['quick'] else 'trained by the script'}, "
+                 f"{summary['wall_time_s'] / 60:.0f} min in the run):", "", *rows, "",
+                 _wrap(f"- The deployed weight-INT{d['recipe']['quant']['weight_bits']} student decodes {speedups} "
+                       "the FP32 teacher's tokens/s.")]
+        if speculative:
+            lines.append(_wrap(f"- Speculative decoding with it drafting (k = {speculative['k']}) on {labels[0]}: "
+                               f"acceptance {speculative['acceptance_rate']:.2f}, {speculative['tokens_per_s']:.1f} "
+                               f"tokens/s against the teacher's own {speculative['teacher_tokens_per_s']:.1f}; "
+                               f"output identical to the teacher's: {speculative['identical_output']}."))
+        lines.append(_wrap(f"- {_how(command, 'trained by the script through edgekd compress', d)}."))
+        text += ([""] if text else []) + lines
+    return "\n".join(text) or "No run recorded yet: `python benchmarks/lm_smollm2.py --quick`."
+
+
 BLOCKS = {"benchmarks": benchmarks_block, "peers-summary": peers_summary_block, "peers": peers_block,
           "limits-minilm": limits_minilm_block, "text-throughput": text_throughput_block,
-          "budget-profile": budget_profile_block}
+          "budget-profile": budget_profile_block, "lm-smollm2": lm_smollm2_block}
 
 
 def blocks(results: Path = RESULTS) -> dict[str, str]:

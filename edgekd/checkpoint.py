@@ -123,11 +123,12 @@ def load_model(ref: str | Path, *, trusted_factories: Iterable[str] = (), seed: 
     `seed`: the same run builds the same initial weights), an edgekd checkpoint (whose factory must be
     trusted: see load_checkpoint), or a model directory."""
     path = Path(str(ref))
-    if path.is_dir():
+    if path.exists():  # a model folder or file another format's loader reads (a .gguf), else a checkpoint
         for loader in plugins.DIRECTORY_LOADERS:
             loaded = loader(path)
             if loaded is not None:
                 return loaded
+    if path.is_dir():
         raise BadInput(f"{path}: not a model directory edgekd can read (expected a Hugging Face config.json)")
     if path.is_file() or path.suffix in (".pt", ".pth", ".ckpt"):
         return load_checkpoint(path, trusted_factories=trusted_factories)

@@ -524,8 +524,9 @@ def _print_summary(report: dict) -> None:
     table.add_column(report["ablation"][0]["metric"]["name"], justify="right")
     table.add_column("params", justify="right")
     table.add_column("size MB", justify="right")
+    generative = any("generation" in entry for entry in report["targets"])  # a causal LM: per decoded token
     for name in targets:
-        table.add_column(f"p50 ms {name}", justify="right")
+        table.add_column(f"{'ms/token' if generative else 'p50 ms'} {name}", justify="right")
     for index, row in enumerate(report["ablation"] + report.get("deployables", [])):
         if index == len(report["ablation"]):
             table.add_section()  # below: students made for particular targets (FP16, another INT8 scheme)
@@ -535,13 +536,20 @@ def _print_summary(report: dict) -> None:
     console.print(table)
     verdicts = Table(title="Deployable student against each target's SLOs")
     mixed = len({entry.get("variant") for entry in report["targets"]}) > 1  # then say who each target deploys
-    for col in ("target", *(("deploys",) if mixed else ()), "p50 ms", "p95 ms", "peak MB", "verdict"):
+    timing = ("TTFT p95 ms", "tokens/s", "speed-up") if generative else ("p50 ms", "p95 ms")
+    for col in ("target", *(("deploys",) if mixed else ()), *timing, "peak MB", "verdict"):
         verdicts.add_column(col)
     for entry in report["targets"]:
-        lat = entry.get("latency_ms") or {}
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        if generative:
+            gen = entry.get("generation") or {}
+            figures = [fmt((gen.get("ttft_ms") or {}).get("p95")), fmt(gen.get("decode_tokens_per_s")),
+                       fmt(entry.get("decode_speedup_vs_teacher"))]
+        else:
+            lat = entry.get("latency_ms") or {}
+            figures = [fmt(lat.get("p50")), fmt(lat.get("p95"))]
         verdicts.add_row(entry["name"], *((entry.get("variant") or "-",) if mixed else ()),
-                         fmt(lat.get("p50")), fmt(lat.get("p95")), fmt(entry.get("peak_memory_mb")),
+                         *figures, fmt(entry.get("peak_memory_mb")),
                          entry["slo"]["verdict"] + (f" ({entry['reason']})" if not entry["available"] else
                                                     f" ({entry['slo']['reason']})" if entry["slo"]["verdict"] == "fail"
                                                     else ""))

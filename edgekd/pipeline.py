@@ -12,7 +12,8 @@
     6. report     report.json/.md/.html with plots, and manifest.json
 
 Each step is a call into its stage's public API; `RunState` makes every finished step durable
-so `--resume` picks up where an interrupted run stopped.
+so `--resume` picks up where an interrupted run stopped. A family whose models generate text (causal
+LMs) runs the same six steps in `compress_generative`, through edgekd.steps.generation.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
         "targets": S.targets_hash(targets)})
     ctx = S.Context(recipe=recipe, data=data, teacher=teacher, family=family, plan=plan, run=run, console=console,
                     resume=resume)
+    if family.generates:
+        return compress_generative(ctx, stages)
 
     with stages.step("prune", "making the student"):
         student = S.make_student(ctx)
@@ -80,3 +83,29 @@ def compress(*, recipe: Recipe | None = None, resume: bool = False, console: Con
     with stages.step("report", "report.json/.md/.html, plots, manifest"):
         report = S.write_report(ctx, artifacts, measured, started=stages.started)
     return CompressResult(out=out, report=report, exit_code=0 if S.all_slos_met(report) else 1)
+
+
+def compress_generative(ctx: S.Context, stages: S.StageLog) -> CompressResult:
+    """The same six steps for models that generate text (causal LMs): edgekd.steps.generation."""
+    from edgekd.steps import generation as G
+
+    data = G.token_data(ctx)
+    with stages.step("prune", "making the student"):
+        student = G.make_student(ctx)
+    with stages.step("distill", "token-level KD on the teacher's cached top-k logits, and the no-KD baseline"):
+        topk = G.teacher_topk(ctx, data)
+        no_kd = G.train_student(ctx, student, data, kd=False)
+        kd = G.train_student(ctx, student, data, kd=True, topk=topk, generations=G.teacher_generations(ctx))
+    with stages.step("quantize", f"weight-only INT{ctx.recipe.quant.weight_bits} with KD; the teacher's weights rounded"):
+        int_student = G.quantize_student(ctx, kd, data, topk)
+        teacher_int = G.quantize_teacher(ctx)
+    with stages.step("export", "ONNX decoder with a KV cache + OpenVINO IR, gated on greedy tokens"):
+        variants = {S.TEACHER_FP32: G.LMVariant(ctx.teacher.model), S.TEACHER_INT8: teacher_int, S.NO_KD: no_kd,
+                    S.KD_FP32: kd, S.DEPLOYABLE: int_student}
+        artifacts = G.export_variants(ctx, variants, G.prompts(data, count=ctx.recipe.lm.parity_prompts, length=16))
+    with stages.step("benchmark", "perplexity and agreement of every artifact; TTFT, tokens/s, speculative decoding"):
+        scores = G.score_variants(ctx, artifacts, data)
+        measured = G.benchmark_targets(ctx, artifacts, data)
+    with stages.step("report", "report.json/.md/.html, manifest"):
+        report = G.write_report(ctx, artifacts, scores, measured, started=stages.started)
+    return CompressResult(out=ctx.run.out, report=report, exit_code=0 if S.all_slos_met(report) else 1)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 # name -> fn(model, config, state_dict) -> model: how to replay a transform on a freshly built model.
 TRANSFORMS: dict[str, Callable[[Any, dict, dict], Any]] = {}
-# fn(path) -> LoadedModel | None: loaders that recognise a model directory layout (None: not theirs).
+# fn(path) -> LoadedModel | None: loaders that recognise a model folder layout or file format (None: not theirs).
 DIRECTORY_LOADERS: list[Callable[[Path], Any]] = []
 # fn() -> a ModelFamily subclass, most specific first (edgekd.families.family_for asks each in turn).
 FAMILIES: list[Callable[[], type]] = []

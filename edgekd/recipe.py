@@ -7,13 +7,13 @@ so the run can be reproduced exactly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgekd.bench.core import MAX_RUNS, MAX_TIME_BUDGET_S
 from edgekd.data import SEED_LIMIT, check_data_ref
-from edgekd.distill.config import MAX_EPOCHS, MAX_LR, config_from_mapping
+from edgekd.distill.config import MAX_EPOCHS, MAX_LR, MAX_STEPS, config_from_mapping
 from edgekd.errors import BadInput
 from edgekd.targets import read_yaml, validation_message
 
@@ -42,6 +42,26 @@ class QuantSection(_Section):
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
     calibration_samples: int = Field(default=256, ge=1)
     latency_aware: bool = True
+    max_steps: Optional[int] = Field(default=None, ge=1, le=MAX_STEPS)  # bound QAT (a smoke run); None: epochs
+    # Causal LMs quantize weights only: 8 (per output channel) or 4 (groups of group_size along the input)
+    weight_bits: Literal[4, 8] = 8
+    group_size: Literal[32, 64, 128] = 128
+
+
+class LMSection(_Section):
+    """Causal-LM settings beyond `distill` (steps, lr, temperature, alpha): the token-level KD target (the
+    teacher's top-k logits plus a tail bucket), the text windows, and sequence-level KD on cached teacher
+    generations (`sequence_kd_prompts` > 0)."""
+
+    top_k: int = Field(default=32, ge=1, le=1024)
+    divergence: Literal["forward", "reverse", "jsd"] = "forward"
+    seq_len: int = Field(default=128, ge=8, le=8192)
+    train_tokens: int = Field(default=200_000, ge=1_000, le=100_000_000)
+    eval_windows: int = Field(default=16, ge=1, le=4096)
+    parity_prompts: int = Field(default=8, ge=1, le=256)
+    sequence_kd_prompts: int = Field(default=0, ge=0, le=100_000)
+    sequence_kd_new_tokens: int = Field(default=48, ge=1, le=4096)
+    speculative_k: int = Field(default=4, ge=1, le=16)
 
 
 class BenchSection(_Section):
@@ -73,6 +93,7 @@ class Recipe(_Section):
     distill: dict = Field(default_factory=lambda: {"epochs": 12, "patience": None})  # the demo: about a minute
     prune: PruneSection = PruneSection()
     quant: QuantSection = QuantSection()
+    lm: LMSection = LMSection()
     bench: BenchSection = BenchSection()
 
     def trusted_factories(self) -> frozenset[str]:

@@ -30,6 +30,18 @@ def _hugging_face_directory(path):
     return load_model_dir(path)
 
 
+def _causal_lm_path(path):
+    from edgekd.lm.loader import load_model_path
+
+    return load_model_path(path)
+
+
+def _causal_lm_family():
+    from edgekd.families.causal_lm import CausalLMFamily
+
+    return CausalLMFamily
+
+
 def _text_encoder_family():
     from edgekd.families.text_encoder import TextEncoderFamily
 
@@ -46,6 +58,8 @@ def register_all() -> None:
     """Fill edgekd.plugins' tables (idempotent)."""
     plugins.register_transform("prune", _replay_prune)
     plugins.register_transform("fake-quant", _replay_fake_quant)
+    plugins.register_directory_loader(_causal_lm_path)  # before the encoders: a causal-LM folder is an HF folder too
     plugins.register_directory_loader(_hugging_face_directory)
-    plugins.register_family(_text_encoder_family)  # most specific first
+    plugins.register_family(_causal_lm_family)  # most specific first
+    plugins.register_family(_text_encoder_family)
     plugins.register_family(_array_family)

@@ -87,3 +87,14 @@ def _number(text: str) -> float:
 
 def _whole(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and int(text) >= 1 else None  # "²".isdigit() too
+
+
+def layer_map(*, teacher_layers: int, student_layers: int) -> list[int]:
+    """Teacher block index for each student block: evenly spaced from the first to the last block."""
+    if not 1 <= student_layers <= teacher_layers:
+        raise BadInput(f"layers:{student_layers}: the teacher has {teacher_layers} layers; "
+                       f"a student needs between 1 and {teacher_layers}")
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    step = (teacher_layers - 1) / (student_layers - 1)
+    return [int(i * step + 0.5) for i in range(student_layers)]

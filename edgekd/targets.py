@@ -65,6 +65,17 @@ class Slo(_Strict):
     # timed in the same interleaved rounds: a budget that means the same on every host ("3x faster"),
     # where an absolute one binds on one CPU and is trivial or impossible on the next.
     min_speedup: Optional[float] = Field(default=None, gt=0, le=1000)
+    # Causal LMs: time to first token (prefill of `generation.prompt_tokens`) at p95, and the decode rate.
+    ttft_ms_p95: Optional[float] = Field(default=None, gt=0)
+    decode_tokens_per_s_min: Optional[float] = Field(default=None, gt=0)
+
+
+class Generation(_Strict):
+    """The generation a causal LM is timed at on this target: a prompt of `prompt_tokens`, then
+    `new_tokens` greedy tokens (defaults: a short chat turn)."""
+
+    prompt_tokens: int = Field(default=64, ge=1, le=32768)
+    new_tokens: int = Field(default=32, ge=2, le=4096)
 
 
 class HostRequirements(_Strict):
@@ -97,6 +108,7 @@ class Target(_Strict):
     batch_size: int = Field(default=1, ge=1, le=4096)
     threads: Optional[int] = Field(default=None, ge=1, le=1024)
     slo: Slo = Slo()
+    generation: Generation = Generation()
     host: HostRequirements = HostRequirements()
     peak: PeakCompute = PeakCompute()
 

@@ -86,7 +86,8 @@ def test_model_peak_below_the_baseline_is_not_measured_and_no_memory_slo_passes(
 
 def test_openvino_cpu_is_pinned_to_f32_and_other_devices_keep_their_default():
     """The CPU plugin would run FP32 in bf16 on AVX512_BF16/AMX hosts; GPU/NPU default to f16 for FP16 profiles."""
-    assert openvino_config("CPU") == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    assert openvino_config("CPU") == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                      "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}  # integer-weight MatMuls as exported
     assert openvino_config("CPU", threads=2, perf_count=True)["INFERENCE_NUM_THREADS"] == 2
     for device in ("GPU", "GPU.1", "NPU"):
         assert "INFERENCE_PRECISION_HINT" not in openvino_config(device)

@@ -124,6 +124,18 @@ def test_baseline_trains_on_labels_only_and_needs_no_teacher():
         distill(student=student(), data=make_data(labeled=False), config=config(kd=False), progress=False)
 
 
+def test_max_steps_bounds_a_run_mid_epoch():
+    data = make_data()
+    full = distill(student=student(), data=data, config=config(kd=False, epochs=3), progress=False)
+    per_epoch = full.history[0]["steps"]
+    bounded = distill(student=student(), data=data, config=config(kd=False, epochs=3, max_steps=per_epoch + 2),
+                      progress=False)
+    assert [r["steps"] for r in bounded.history] == [per_epoch, 2]
+    assert bounded.history[-1]["steps_done"] == per_epoch + 2
+    with pytest.raises(BadInput, match="max_steps"):
+        distill(student=student(), data=data, config=config(kd=False, max_steps=0), progress=False)
+
+
 def test_offline_cache_runs_the_teacher_once_across_epochs_and_runs(tmp_path):
     teacher = Counting(make_teacher())
     data = make_data()

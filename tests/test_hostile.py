@@ -87,6 +87,11 @@ def test_a_malformed_stage_record_is_refused_at_read(tmp_path):
     ({"formats": []}, "formats"),
     ({"formats": ["openvino"]}, "lacks onnx"),
     ({"student": "/nonexistent/student.pt"}, "no such checkpoint file"),
+    ({"quant": {"weight_bits": 3}}, "quant.weight_bits"),
+    ({"quant": {"max_steps": 0}}, "quant.max_steps"),
+    ({"lm": {"divergence": "kl"}}, "lm.divergence"),
+    ({"lm": {"top_k": 100_000}}, "lm.top_k"),
+    ({"distill": {"max_steps": -1}}, "max_steps"),
 ])
 def test_recipe_mistakes_are_caught_before_any_work(run_cli, tmp_path, overrides, message):
     import yaml

@@ -217,6 +217,8 @@ def test_recipe_values_that_never_end_name_the_key(tmp_path, recipe, key):
 
 def test_the_bundled_recipe_profiles_and_specs_still_validate():
     load_recipe(None)
+    for recipe in (ROOT / "recipes").glob("*.yaml"):
+        load_recipe(recipe)
     for profile in (ROOT / "targets").glob("*.yaml"):
         load_target(profile)
     config_from_mapping({"epochs": 10_000, "lr": 10.0, "temperature": 100.0, "seed": 2**32 - 1, "patience": 10_000})

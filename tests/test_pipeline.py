@@ -213,12 +213,12 @@ def test_a_teacher_worse_than_the_no_kd_student_is_flagged():
 
 
 def test_manifest_refs_to_files_are_absolute(tmp_path, monkeypatch):
-    from edgekd.steps.report import _checkable_ref
+    from edgekd.steps.report import checkable_ref
 
     monkeypatch.chdir(tmp_path)
     Path("teacher.pt").write_text("x")
-    assert _checkable_ref("teacher.pt") == str(tmp_path / "teacher.pt")  # `check` works from any directory
-    assert _checkable_ref("edgekd.zoo:digits_teacher") == "edgekd.zoo:digits_teacher"
+    assert checkable_ref("teacher.pt") == str(tmp_path / "teacher.pt")  # `check` works from any directory
+    assert checkable_ref("edgekd.zoo:digits_teacher") == "edgekd.zoo:digits_teacher"
 
 
 def test_starting_over_empties_an_earlier_run_but_never_a_foreign_folder(tmp_path):

@@ -51,6 +51,11 @@ def test_load_by_path_equals_load_by_name(tmp_path):
     ({"quantization": {"weights": {"dtype": "int16"}}}, "quantization.weights.dtype"),
     ({"slo": {"latency_p95": 5}}, "slo.latency_p95"),
     ({"colour": "blue"}, "colour"),
+    ({"slo": {"ttft_ms_p95": 0}}, "slo.ttft_ms_p95"),
+    ({"slo": {"decode_tokens_per_s_min": -3}}, "slo.decode_tokens_per_s_min"),
+    ({"generation": {"prompt_tokens": 0}}, "generation.prompt_tokens"),
+    ({"generation": {"new_tokens": 100_000}}, "generation.new_tokens"),
+    ({"generation": {"chat": True}}, "generation.chat"),
 ])
 def test_schema_errors_name_file_and_key(tmp_path, changes, key):
     path = write_profile(tmp_path, **changes)
@@ -123,3 +128,19 @@ def test_detect_host_reads_this_machine():
     assert info.arch and info.cores >= 1
     assert "CPUExecutionProvider" in info.ort_providers
     assert "CPU" in info.openvino_devices
+
+
+def test_generation_block_and_its_slo_keys(tmp_path):
+    """A causal LM's timing (prompt, new tokens) and its two limits: time to first token (a ceiling) and the
+    decode rate (a floor), checked like every other figure."""
+    from edgekd.bench.slo import check_slo
+
+    target = load_target(write_profile(tmp_path, generation={"prompt_tokens": 32, "new_tokens": 16},
+                                       slo={"ttft_ms_p95": 50, "decode_tokens_per_s_min": 20}))
+    assert (target.generation.prompt_tokens, target.generation.new_tokens) == (32, 16)
+    assert load_target("x86-cpu-openvino").generation.new_tokens == 32  # default: a short chat turn
+    ok = check_slo(slo=target.slo, figures={"ttft_ms_p95": 40, "decode_tokens_per_s_min": 25})
+    assert ok.verdict == "pass"
+    slow = check_slo(slo=target.slo, figures={"ttft_ms_p95": 40, "decode_tokens_per_s_min": 10})
+    assert slow.verdict == "fail" and slow.reason == "under the floor: decode_tokens_per_s_min"
+    assert check_slo(slo=target.slo, figures={"ttft_ms_p95": 40}).verdict == "not-measured"

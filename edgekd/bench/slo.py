@@ -14,7 +14,9 @@ from edgekd.targets import Slo
 Verdict = Literal["pass", "fail", "not-measured"]
 
 # Figures that `edgekd bench` measures itself; each must be present for a `pass`.
-DEVICE_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb")
+DEVICE_KEYS = ("latency_p95_ms", "latency_p50_ms", "peak_memory_mb", "model_size_mb", "ttft_ms_p95")
+# Device figures that are floors, not ceilings (a causal LM's decode rate).
+FLOOR_KEYS = ("decode_tokens_per_s_min",)
 # The model's metric retention comes from evaluation, and its speed-up from timing it against the
 # FP32 teacher, not from the benchmark: each is checked only when the caller passes it in.
 RETENTION_KEY = "min_metric_retention"
@@ -57,12 +59,13 @@ def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
     the figures say, because nothing ran on the intended device.
     """
     checks: list[SloCheck] = []
-    for key in DEVICE_KEYS:
+    for key in DEVICE_KEYS + FLOOR_KEYS:
         limit = getattr(slo, key)
         if limit is None:
             continue
         value = figures.get(key)
-        checks.append(SloCheck(key, limit, value, None if value is None else value <= limit))
+        ok = None if value is None else (value >= limit if key in FLOOR_KEYS else value <= limit)
+        checks.append(SloCheck(key, limit, value, ok))
     for key, value in ((RETENTION_KEY, metric_retention), (SPEEDUP_KEY, speedup)):
         limit = getattr(slo, key)
         if limit is not None:
@@ -70,8 +73,9 @@ def check_slo(*, slo: Slo, figures: dict, metric_retention: float | None = None,
 
     if unavailable_reason:
         return SloVerdict("not-measured", checks, f"device not available: {unavailable_reason}")
-    over = [c.key for c in checks if c.ok is False and c.key not in CALLER_KEYS]
-    under = [c.key for c in checks if c.ok is False and c.key in CALLER_KEYS]
+    floors = CALLER_KEYS + FLOOR_KEYS
+    over = [c.key for c in checks if c.ok is False and c.key not in floors]
+    under = [c.key for c in checks if c.ok is False and c.key in floors]
     if over or under:
         return SloVerdict("fail", checks, "; ".join(
             [f"over the limit: {', '.join(over)}"] * bool(over) + [f"under the floor: {', '.join(under)}"] * bool(under)))

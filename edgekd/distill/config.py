@@ -23,6 +23,8 @@ MODES = ("offline", "self", "online", "multistage")
 # Upper bounds of a run, checked up front: past them a run never ends or overflows late.
 MAX_EPOCHS = 10_000
 """Most epochs (also patience and warm-up): far past any distillation schedule, short of forever."""
+MAX_STEPS = 10_000_000
+"""Most optimizer steps a run may be bounded to: weeks of training on a CPU; above it is a typo."""
 MAX_LR = 10.0
 """Largest learning rate: AdamW and SGD diverge long before it; above it is a typo."""
 MAX_TEMPERATURE = 100.0
@@ -64,6 +66,7 @@ class DistillConfig:
     """
 
     epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimizer steps (a smoke run of a long recipe), None: epochs
     batch_size: int = 64  # per process under torchrun (DistributedSampler convention)
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -136,6 +139,8 @@ def validate_config(config: DistillConfig, loss_names, *, source: str = "distill
     finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     _require(positive_int(config.epochs) and config.epochs <= MAX_EPOCHS, "epochs",
              f"must be an integer >= 1 and at most {MAX_EPOCHS}, got {config.epochs!r}")
+    _require(config.max_steps is None or (positive_int(config.max_steps) and config.max_steps <= MAX_STEPS), "max_steps",
+             f"must be None or an integer >= 1 and at most {MAX_STEPS}, got {config.max_steps!r}")
     _require(positive_int(config.batch_size), "batch_size", f"must be an integer >= 1, got {config.batch_size!r}")
     _require(positive_int(config.eval_batch_size), "eval_batch_size", f"must be an integer >= 1, got {config.eval_batch_size!r}")
     _require(finite(config.lr) and 0 < config.lr <= MAX_LR, "lr",

@@ -316,7 +316,11 @@ class Trainer:
         step_module = _Step(stage.students, stage.objectives, student_taps, stage.online, config.temperature)
         optimizer = torch.optim.AdamW(step_module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = len(self._epoch(0).batches)
-        scheduler = _cosine_schedule(optimizer, total_steps=config.epochs * steps_per_epoch,
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
+        self._step_limit = total_steps
+        scheduler = _cosine_schedule(optimizer, total_steps=total_steps,
                                      warmup_steps=round(config.warmup_epochs * steps_per_epoch))
         fingerprint = self._fingerprint(step_module)
         history, start, best, bad_epochs = [], 0, {"epoch": -1, "value": None, "peer": 0, "state": None}, 0
@@ -368,7 +372,7 @@ class Trainer:
                 self._save(self._payload(fingerprint, epoch, step_module, optimizer, scheduler, history, best,
                                          bad_epochs, finished=False))
                 bar.update(task, status=self._status(epoch, record))
-                if stop:
+                if stop or record["steps_done"] >= self._step_limit:
                     break
         if config.restore_best and best["state"] is not None:
             step_module.load_state_dict(best["state"])
@@ -441,6 +445,7 @@ class Trainer:
         step_time = done["step_time"]
         loader = _iterate(_Batches(samples, self.data.y_train, config, epoch), config.num_workers, done["steps"])
         saved = started = time.perf_counter()
+        ran = len(batches)
         for step, (index, inputs, labels) in enumerate(loader, start=done["steps"]):
             inputs = to_device(inputs, self.device)
             labels = None if labels is None else labels.to(self.device)
@@ -461,14 +466,17 @@ class Trainer:
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
             bar.advance(task)
+            if epoch * len(batches) + step + 1 >= self._step_limit:  # config.max_steps reached
+                ran = step + 1
+                break
             if self.state_path and step + 1 < len(batches) and now - saved >= 60 * config.checkpoint_minutes:
                 checkpoint({"epoch": epoch, "steps": step + 1, "loss": total.cpu(), "step_time": step_time,
                             "terms": {name: value.cpu() for name, value in sums.items()}})
                 saved = started = time.perf_counter()  # the write is not a step's time
-        means = distributed.mean_over_ranks({"loss": float(total) / len(batches),
-                                             **{k: float(v) / len(batches) for k, v in sums.items()}}, info)
+        means = distributed.mean_over_ranks({"loss": float(total) / ran,
+                                             **{k: float(v) / ran for k, v in sums.items()}}, info)
         return {"epoch": epoch, "loss": means.pop("loss"), "terms": means, "lr": optimizer.param_groups[0]["lr"],
-                "steps": len(batches), "step_ms": 1000 * step_time / len(batches)}
+                "steps": ran, "steps_done": epoch * len(batches) + ran, "step_ms": 1000 * step_time / ran}
 
     def _diverged(self, epoch, step, loss, values) -> TrainingDiverged:
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())

@@ -130,17 +130,21 @@ def _widen(example: tuple[torch.Tensor, ...], names: list[str], dims: dict) -> t
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The dynamo exporter prints progress and logs optional-package warnings; keep the CLI clean."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_export():
+    """The dynamo exporter prints progress and logs optional-package warnings (transformers' exporter adds its
+    own "experimental" banner); keep the CLI clean."""
+    # transformers' exporter logs under its file path, a child of the root logger: the root is quieted too
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "transformers", None)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -168,7 +172,7 @@ def _export_onnx(model: nn.Module, example: tuple, path: Path, *, input_names, d
     dynamic_shapes = tuple(dims.get(name) or None for name in input_names) if dims else None
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
-        with _quiet():
+        with quiet_export():
             torch.onnx.export(model, example, str(path), dynamo=True, input_names=input_names,
                               dynamic_shapes=dynamic_shapes,
                               custom_translation_table=onnx_translation_table(),
@@ -191,7 +195,7 @@ def _to_fp16(graph: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet():
+    with quiet_export():
         converted = onnx_ir.from_proto(convert_float_to_float16(graph, keep_io_types=True))
     converted.graph.sort()
     converted = onnx_ir.to_proto(converted)
@@ -496,7 +500,7 @@ def _as_openvino(onnx_path: Path, ov_dir: Path, *, name: str, precision: str) ->
 
     ov_dir.mkdir(exist_ok=True)
     xml = ov_dir / f"{name}.xml"
-    with _quiet():
+    with quiet_export():
         ov.save_model(ov.convert_model(str(onnx_path)), str(xml),
                       compress_to_fp16=precision == "fp16")  # never silently: FP32 weights stay FP32
     return xml

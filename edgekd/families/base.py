@@ -25,6 +25,7 @@ class ModelFamily(ABC):
     run, or the model an `edgekd export` writes (text encoders take their tokenizer from it)."""
 
     name: str = "?"
+    generates: bool = False  # models that generate text run edgekd.pipeline.compress_generative's six steps
 
     def __init__(self, *, model: nn.Module, data: Dataset, label: str = "the model"):
         self.model = model

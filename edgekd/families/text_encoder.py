@@ -96,7 +96,7 @@ class TextEncoderFamily(ModelFamily):
     def qat_distill_config(self, config, *, student: nn.Module):
         """The FP32 student teaches its fake-quant copy through the encoder KD terms."""
         fine_tune = {k: getattr(config, k) for k in
-                     ("epochs", "lr", "weight_decay", "patience", "warmup_epochs", "seed", "batch_size")}
+                     ("epochs", "max_steps", "lr", "weight_decay", "patience", "warmup_epochs", "seed", "batch_size")}
         return self._encoder_kd(student=student, teacher=student, **fine_tune)
 
     def _encoder_kd(self, *, student: nn.Module, teacher: nn.Module, **overrides):

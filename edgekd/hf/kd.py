@@ -27,7 +27,8 @@ from torch import nn
 from edgekd.distill import DistillConfig, LossTerm
 from edgekd.errors import BadInput
 from edgekd.hf.encoder import SentenceEncoder
-from edgekd.hf.students import layer_map, layer_names
+from edgekd.hf.students import layer_names
+from edgekd.student_spec import layer_map
 from edgekd.hf.text import DEFAULT_MAX_LENGTH, TextCollate, TokenBudgetBatches
 
 EMBEDDING_LOSSES = ("cosine", "mse")

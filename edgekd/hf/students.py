@@ -18,18 +18,7 @@ from torch import nn
 from edgekd.errors import BadInput
 from edgekd.hf.encoder import SentenceEncoder
 from edgekd.prune import PruneResult, drop_layers, prune
-from edgekd.student_spec import LayersSpec, PruneSpec, parse_student
-
-
-def layer_map(*, teacher_layers: int, student_layers: int) -> list[int]:
-    """Teacher block index for each student block: evenly spaced from the first to the last block."""
-    if not 1 <= student_layers <= teacher_layers:
-        raise BadInput(f"layers:{student_layers}: the teacher has {teacher_layers} layers; "
-                       f"a student needs between 1 and {teacher_layers}")
-    if student_layers == 1:
-        return [teacher_layers - 1]
-    step = (teacher_layers - 1) / (student_layers - 1)
-    return [int(i * step + 0.5) for i in range(student_layers)]
+from edgekd.student_spec import LayersSpec, PruneSpec, layer_map, parse_student
 
 
 def transformer_layers(encoder: SentenceEncoder) -> tuple[str, nn.ModuleList]:

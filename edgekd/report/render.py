@@ -127,6 +127,11 @@ def _generic(value) -> list[Block]:
 
 # ---------------------------------------------------------------- derived figures
 
+def _generates(report: dict) -> bool:
+    """A report of a model that generates text (causal LMs): its targets carry generation figures."""
+    return any(t.get("generation") for t in report["targets"])
+
+
 def _ablation_row(report: dict, variant: str) -> dict | None:
     return next((row for row in report["ablation"] if row["variant"] == variant), None)
 
@@ -289,7 +294,8 @@ class _Renderer:
         speedups = _speedups(report)
         if speedups:
             tie = set(report.get("speedup_within_noise") or [])
-            sentences.append("p50 speed-up vs the FP32 teacher: " + ", ".join(
+            what = "Decode tokens/s" if _generates(report) else "p50"
+            sentences.append(f"{what} speed-up vs the FP32 teacher: " + ", ".join(
                 f"{v:.2f}x on {k}" + (" (within timing noise)" if k in tie else "") for k, v in speedups.items()) + ".")
         blocks: list[Block] = [Paragraph(" ".join(sentences), emphasis=True)]
         if report.get("notes"):
@@ -538,6 +544,41 @@ class _Renderer:
         return blocks + [Bullets(items), Paragraph("edgekd check RUN_DIR verifies these hashes and flags a changed "
                                                    "teacher or data snapshot as stale.")]
 
+    def generation(self) -> list[Block]:
+        """Causal LMs: time to first token and decode rate of what each target deploys, speculative decoding
+        with the student drafting for the FP32 teacher, and the audit of greedy generations."""
+        report = self.report
+        measured = [t for t in report["targets"] if t["available"] and t.get("generation")]
+        if not measured:
+            return []
+        rows = [[t["name"], str(t["generation"]["prompt_tokens"]), str(t["generation"]["new_tokens"]),
+                 _num(t["generation"]["ttft_ms"]["p50"]), _num(t["generation"]["ttft_ms"]["p95"]),
+                 _num(t["generation"]["decode_tokens_per_s"]), _num(t.get("decode_speedup_vs_teacher")),
+                 ", ".join(f"{k} {v}" for k, v in (t.get("weights_in_runtime") or {}).items() if k != "runtime")]
+                for t in measured]
+        blocks: list[Block] = [
+            Heading(2, "Generation (deployed student)"),
+            Paragraph("Greedy decoding of held-out prompts through the exported KV-cache decoder; time to first token "
+                      "is the prompt's prefill and the first token; the speed-up is of decode tokens/s over the FP32 "
+                      "teacher on the same target; weights are the MatMuls the runtime keeps integer."),
+            Table(["target", "prompt tokens", "new tokens", "TTFT p50 ms", "TTFT p95 ms", "decode tokens/s",
+                   "speed-up", "weights in the runtime"], rows)]
+        speculative = {name: spec for name, spec in (report.get("speculative_by_target") or {}).items() if spec}
+        if speculative:
+            blocks += [Heading(3, "Speculative decoding"),
+                       Table(["target", "draft", "k", "acceptance", "tokens/s", "teacher tokens/s", "identical output"],
+                             [[name, s["draft"], str(s["k"]), _num(s["acceptance_rate"]), _num(s["tokens_per_s"]),
+                               _num(s["teacher_tokens_per_s"]), str(s["identical_output"])]
+                              for name, s in speculative.items()])]
+        audit = report.get("generation_audit")
+        if audit:
+            blocks += [Heading(3, "Audit of greedy generations"),
+                       Table(["variant", "outputs", "mean new tokens", "repeated 4-grams", "empty"],
+                             [[name, str(a["outputs"]), _num(a["mean_new_tokens"]), _pct(a["repetition_rate"])
+                               if a["repetition_rate"] is not None else "-", str(a["empty_outputs"])]
+                              for name, a in audit.items()])]
+        return blocks
+
     def budget(self) -> list[Block]:
         """`student: auto`: which student the measured budget chose, per target, with the plot."""
         budget = self.report.get("budget")
@@ -571,6 +612,7 @@ class _Renderer:
         meta = ", ".join(f"{k} {report[k]}" for k in ("created", "edgekd_version", "task") if report.get(k))
         blocks: list[Block] = [Heading(1, title)] + ([Paragraph(meta)] if meta else [])
         for key, build in (("headline", self.headline), ("ablation", self.ablation), ("targets", self.targets),
+                           ("targets", self.generation),
                            ("targets", self.failures), ("parity", self.parity), ("training", self.training),
                            ("audit", self.audit), ("quantization", self.quantization), ("budget", self.budget),
                            ("prune", self.prune),

@@ -84,8 +84,8 @@ def write_report(ctx: Context, artifacts: dict[str, Artifact], measured: dict, *
     write_json(out / "report.json", report)
     manifest = build_manifest(
         run_dir=out,
-        teacher={"ref": _checkable_ref(ctx.recipe.teacher), "sha256": model_sha256(ctx.teacher.model)},
-        data={"name": ctx.data.name, "ref": _checkable_ref(ctx.recipe.data), "sha256": ctx.data.sha256,
+        teacher={"ref": checkable_ref(ctx.recipe.teacher), "sha256": model_sha256(ctx.teacher.model)},
+        data={"name": ctx.data.name, "ref": checkable_ref(ctx.recipe.data), "sha256": ctx.data.sha256,
               "provenance": ctx.data.provenance},
         recipe=ctx.recipe.model_dump(), hyperparameters=_hyperparameters(ctx), seed=ctx.recipe.seed)
     write_manifest(run_dir=out, manifest=manifest)
@@ -151,7 +151,7 @@ def _teacher_notes(metrics: dict) -> list[str]:
             "size, preprocessing, labels); distilling from it can only hurt"]
 
 
-def _checkable_ref(ref: str) -> str:
+def checkable_ref(ref: str) -> str:
     """A file or folder reference made absolute, so `edgekd check` re-hashes it from any directory."""
     path = Path(ref)
     return str(path.resolve()) if path.exists() else ref

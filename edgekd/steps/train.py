@@ -131,7 +131,7 @@ def quantize_student(ctx: Context, student: Variant, *, variant: str = DEPLOYABL
         kd = distill_config(ctx, kd=True)
         config = _quant_config(ctx, mode="qat", group=group)
         config.distill = ctx.family.qat_distill_config(
-            qat_distill_config(epochs=q.epochs, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
+            qat_distill_config(epochs=q.epochs, max_steps=q.max_steps, lr=q.lr, seed=kd.seed, batch_size=kd.batch_size,
                                temperature=kd.temperature, alpha=kd.alpha, response=kd.response, collate=kd.collate),
             student=student.model)
         config.latency_aware = q.latency_aware and ctx.family.times_layer_choices() and timed_on is not None

@@ -1,0 +1,287 @@
+"""A causal LM as ONE ONNX decoder graph with a KV cache (prefill and decode), and OpenVINO IR from it.
+
+Graph interface (what `edgekd.runtimes.decoders` runs):
+  inputs  input_ids [batch, seq] int64, attention_mask [batch, past + seq] int64, position_ids [batch, seq]
+          int64, past_key_values.{i}.key / .value [batch, kv_heads, past, head_dim] float32 (past 0 = prefill)
+  outputs logits [batch, seq, vocab] float32, present.{i}.key / .value [batch, kv_heads, past + seq, head_dim]
+
+The graph is traced by transformers 5's own exporter (`transformers.exporters.OnnxExporter`, torch.export +
+torch.onnx dynamo, with its patches for the cache and masks) on a `DynamicCache` of past length 3 and 2 new
+tokens, batch 2, with dynamic axes: it yields exactly this one graph, and a zero-length past runs through it as
+a prefill. (A hand-written wrapper around `torch.onnx.export` would duplicate the patches it carries for
+`DynamicCache` and the mask builders.) Its input and output names are then renamed to the ones above.
+
+Weight-only quantized layers (`edgekd.lm.weight_quant`) are traced as plain linears over their dequantized
+weights; each MatMul whose weight initializer equals those dequantized values is then rewired to integer
+codes + `DequantizeLinear` (opset 21): int8 per output channel (axis 1), uint4 blocked along the input dim
+(axis 0, `block_size` = group size, uint4 zero points). ONNX Runtime 1.32 fuses both into its integer-weight
+`MatMulNBits` kernel (bits 8 and 4), and OpenVINO keeps them as i8 / u4 Constants feeding its compressed
+FullyConnected kernel: the files and the runtimes hold integer weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from edgekd.errors import NOT_INPUT_ERRORS, BadInput
+from edgekd.export.exporter import quiet_export
+from edgekd.io import atomic_path
+from edgekd.lm.weight_quant import WeightOnlyLinear, dequantize, integer_weights, unwrap, weight_only_layers
+
+FORMATS = ("onnx", "openvino")
+OPSET = 21  # blocked (int4) DequantizeLinear needs 21
+ONNX_NAME = "model.onnx"
+OPENVINO_NAME = "openvino_model.xml"
+PROTOBUF_LIMIT = 2**31 - 1
+# The traced example: distinct sizes, none 0 or 1, so torch.export keeps every axis symbolic.
+TRACE_BATCH, TRACE_PAST, TRACE_SEQ = 2, 3, 2
+
+
+@dataclass(frozen=True)
+class LMExport:
+    onnx: Path
+    openvino_xml: Optional[Path]
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+def cache_geometry(hf: nn.Module) -> tuple[int, int, int, int]:
+    """(layers, kv_heads, head_dim, vocab) of the model's KV cache and output."""
+    config = hf.config.get_text_config(decoder=True)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    return int(config.num_hidden_layers), kv_heads, head_dim, int(config.vocab_size)
+
+
+def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: int = OPSET) -> LMExport:
+    """Write `out_dir/model.onnx` (and `out_dir/openvino_model.xml` + `.bin` when "openvino" is in `formats`).
+    Each file appears whole or not at all; nothing outside `out_dir` is written."""
+    formats = tuple(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or "onnx" not in formats:
+        raise BadInput(f"formats: expected 'onnx' and optionally 'openvino', got {list(formats)}")
+    if opset < OPSET:
+        raise BadInput(f"opset: the decoder graph needs opset >= {OPSET} (blocked DequantizeLinear), got {opset}")
+    hf = unwrap(model)
+    layers, kv_heads, head_dim, vocab = cache_geometry(hf)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proto = trace_decoder(hf, opset)
+    rename_io(proto, layers, kv_heads, head_dim)
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise BadInput(f"{out_dir / ONNX_NAME}: the graph is {proto.ByteSize() / 1e9:.1f} GB, over ONNX's 2 GB "
+                       "single-file limit; quantize the weights (bits 8 or 4) or export a smaller model")
+    onnx_path = out_dir / ONNX_NAME
+    with atomic_path(onnx_path) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    xml = write_openvino(onnx_path, out_dir / OPENVINO_NAME) if "openvino" in formats else None
+    return LMExport(onnx_path, xml, layers, kv_heads, head_dim, vocab)
+
+
+def trace_decoder(hf: nn.Module, opset: int) -> onnx.ModelProto:
+    """The decoder graph as traced by transformers' exporter, with quantized weights stored as integers."""
+    from transformers import DynamicCache
+    from transformers.exporters import OnnxConfig, OnnxExporter
+
+    _, kv_heads, head_dim, vocab = cache_geometry(hf)
+    config = hf.config.get_text_config(decoder=True)
+    generator = torch.Generator().manual_seed(0)
+    past = [tuple(torch.randn(TRACE_BATCH, kv_heads, TRACE_PAST, head_dim, generator=generator) for _ in range(2))
+            for _ in range(config.num_hidden_layers)]
+    total = TRACE_PAST + TRACE_SEQ
+    sample = {
+        "input_ids": torch.randint(0, vocab, (TRACE_BATCH, TRACE_SEQ), generator=generator),
+        "attention_mask": torch.ones(TRACE_BATCH, total, dtype=torch.long),
+        "position_ids": torch.arange(TRACE_PAST, total).expand(TRACE_BATCH, -1).contiguous(),
+        "past_key_values": DynamicCache(past, config=config),
+        "use_cache": True,
+    }
+    was_training = hf.training
+    hf.eval()
+    try:
+        with dequantized_linears(hf) as quantized:
+            with quiet_export():
+                program = OnnxExporter().export(hf, sample, OnnxConfig(dynamic=True, opset_version=opset)).program
+    except NOT_INPUT_ERRORS:
+        raise
+    except Exception as err:  # torch.export / onnxscript raise many types; name the model, keep the cause
+        raise BadInput(f"{type(hf).__name__}: transformers' ONNX exporter cannot trace this model with a KV "
+                       f"cache: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    finally:
+        hf.train(was_training)
+    import onnx_ir
+
+    proto = onnx_ir.serde.serialize_model(program)
+    for node in proto.graph.node:  # torch's per-node stack traces: half the file of a small model
+        del node.metadata_props[:]
+        node.doc_string = ""
+    share_tied_head(proto)
+    store_integer_weights(proto, quantized)
+    return proto
+
+
+def share_tied_head(proto: onnx.ModelProto) -> None:
+    """A tied lm_head is traced as a second, transposed copy of the embedding matrix (113 MB more on SmolLM2):
+    read it through a Transpose of the embedding instead, so the file holds the matrix once."""
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers}
+    embeddings = {}
+    for name in gathered:
+        tensor = initializers[name]
+        if tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
+            embeddings[_digest(numpy_helper.to_array(tensor).T)] = name
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in initializers:
+            continue
+        tensor = initializers[node.input[1]]
+        if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+            continue
+        source = embeddings.get(_digest(numpy_helper.to_array(tensor)))
+        if source is not None:
+            graph.initializer.remove(tensor)
+            del initializers[tensor.name]
+            graph.node.insert(0, helper.make_node("Transpose", [source], [tensor.name], perm=[1, 0],
+                                                  name=f"{tensor.name}.tied"))
+
+
+@contextlib.contextmanager
+def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear]]:
+    """Swap each `WeightOnlyLinear` for a plain `nn.Linear` over its dequantized weight while tracing (the graph
+    gets one float initializer per layer, rewritten to integers afterwards), then put the layers back."""
+    layers = weight_only_layers(hf)
+    plain = {}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            linear.weight = nn.Parameter(dequantize(*integer_weights(layer), layer.group_size))
+            if layer.bias is not None:
+                linear.bias = nn.Parameter(layer.bias.detach().float().clone())
+            plain[name] = linear
+    try:
+        for name, linear in plain.items():
+            _set_module(hf, name, linear)
+        yield list(layers.values())
+    finally:
+        for name, layer in layers.items():
+            _set_module(hf, name, layer)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def store_integer_weights(proto: onnx.ModelProto, layers: list[WeightOnlyLinear]) -> None:
+    """Replace the float weight of each quantized layer's MatMul ([in, out], the transposed dequantized weight)
+    by its integer codes and a DequantizeLinear."""
+    if not layers:
+        return
+    wanted: dict[bytes, WeightOnlyLinear] = {}
+    for layer in layers:
+        codes, scale, zero_point = integer_weights(layer)
+        weight_t = dequantize(codes, scale, zero_point, layer.group_size).t().contiguous().numpy()
+        wanted[_digest(weight_t)] = layer
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    matmul_weights = {n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers}
+    found: set[int] = set()
+    for name in sorted(matmul_weights):
+        tensor = initializers[name]
+        if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2:
+            continue
+        layer = wanted.get(_digest(numpy_helper.to_array(tensor)))
+        if layer is None:
+            continue
+        found.add(id(layer))
+        graph.initializer.remove(tensor)
+        graph.initializer.extend(_integer_initializers(layer, name))
+        inputs = [f"{name}.codes", f"{name}.scale"] + ([f"{name}.zero_point"] if layer.bits == 4 else [])
+        attrs = {"axis": 1} if layer.bits == 8 else {"axis": 0, "block_size": layer.group_size}
+        graph.node.insert(0, helper.make_node("DequantizeLinear", inputs, [name], name=f"{name}.dequantize", **attrs))
+    missing = [layer for layer in layers if id(layer) not in found]
+    if missing:  # the exporter changed how it lays out a linear's weight: never ship a half-integer file silently
+        raise RuntimeError(f"{len(missing)} of {len(layers)} quantized layers have no MatMul weight in the traced "
+                           "graph equal to their dequantized weight")
+
+
+def _digest(array: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return hashlib.sha256(repr(array.shape).encode() + array.tobytes()).digest()
+
+
+def _integer_initializers(layer: WeightOnlyLinear, name: str) -> list[TensorProto]:
+    codes, scale, zero_point = (t if t is None else t.t().contiguous().numpy() for t in integer_weights(layer))
+    if layer.bits == 8:
+        return [numpy_helper.from_array(codes, f"{name}.codes"), numpy_helper.from_array(scale, f"{name}.scale")]
+    return [_uint4_tensor(codes, f"{name}.codes"), numpy_helper.from_array(scale, f"{name}.scale"),
+            _uint4_tensor(zero_point, f"{name}.zero_point")]
+
+
+def _uint4_tensor(values: np.ndarray, name: str) -> TensorProto:
+    """uint4 values packed two per byte, the first in the low nibble (ONNX's layout)."""
+    flat = values.astype(np.uint8).ravel()
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    return helper.make_tensor(name, TensorProto.UINT4, list(values.shape), packed.tobytes(), raw=True)
+
+
+def rename_io(proto: onnx.ModelProto, layers: int, kv_heads: int, head_dim: int) -> None:
+    """transformers' names (`past_key_values.layers.{i}.keys`, `cache.layers.{i}.keys`) -> edgekd's interface,
+    with the cache inputs' head axes fixed (traced as named axes, which OpenVINO would read as dynamic)."""
+    renames = {}
+    for i in range(layers):
+        for theirs, ours in (("keys", "key"), ("values", "value")):
+            renames[f"past_key_values.layers.{i}.{theirs}"] = f"past_key_values.{i}.{ours}"
+            renames[f"cache.layers.{i}.{theirs}"] = f"present.{i}.{ours}"
+    graph = proto.graph
+    expected = {"input_ids", "attention_mask", "position_ids"} | {n for n in renames if n.startswith("past")}
+    names = {v.name for v in graph.input}
+    outputs = {v.name for v in graph.output}
+    if names != expected or outputs != {"logits"} | {n for n in renames if n.startswith("cache")}:
+        raise RuntimeError(f"transformers' exporter produced inputs {sorted(names)} and outputs {sorted(outputs)}, "
+                           "not the decoder interface edgekd expects")
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+        if value.name.startswith(("past_key_values.", "present.")):
+            dims = value.type.tensor_type.shape.dim
+            dims[1].dim_value, dims[3].dim_value = kv_heads, head_dim
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+
+
+def write_openvino(onnx_path: Path, xml: Path) -> Path:
+    """OpenVINO IR of the ONNX graph, weights kept as they are (`compress_to_fp16=False`: the default would
+    turn the float weights to FP16). The .bin is in place before the .xml that names it."""
+    import openvino as ov
+
+    try:
+        converted = ov.convert_model(str(onnx_path))
+    except NOT_INPUT_ERRORS:
+        raise
+    except Exception as err:
+        raise BadInput(f"{onnx_path}: OpenVINO cannot convert the graph: {str(err).splitlines()[0]}") from err
+    with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml.parent) as staging:
+        staged = Path(staging) / xml.name
+        ov.save_model(converted, str(staged), compress_to_fp16=False)
+        for produced, final in ((staged.with_suffix(".bin"), xml.with_suffix(".bin")), (staged, xml)):
+            with atomic_path(final) as tmp:
+                shutil.move(str(produced), str(tmp))
+    return xml
