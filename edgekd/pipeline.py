@@ -105,7 +105,7 @@ def compress_generative(ctx: S.Context, stages: S.StageLog) -> CompressResult:
         artifacts = G.export_variants(ctx, variants, G.prompts(data, count=ctx.recipe.lm.parity_prompts, length=16))
     with stages.step("benchmark", "perplexity and agreement of every artifact; TTFT, tokens/s, speculative decoding"):
         scores = G.score_variants(ctx, artifacts, data)
-        measured = G.benchmark_targets(ctx, artifacts, data)
+        measured = G.benchmark_targets(ctx, artifacts, data, scores)
     with stages.step("report", "report.json/.md/.html, manifest"):
         report = G.write_report(ctx, artifacts, scores, measured, started=stages.started)
     return CompressResult(out=ctx.run.out, report=report, exit_code=0 if S.all_slos_met(report) else 1)

@@ -42,7 +42,8 @@ class QuantSection(_Section):
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
     calibration_samples: int = Field(default=256, ge=1)
     latency_aware: bool = True
-    max_steps: Optional[int] = Field(default=None, ge=1, le=MAX_STEPS)  # bound QAT (a smoke run); None: epochs
+    # bound QAT (a smoke run); None: epochs (causal LMs, which count steps: distill.max_steps)
+    max_steps: Optional[int] = Field(default=None, ge=1, le=MAX_STEPS)
     # Causal LMs quantize weights only: 8 (per output channel) or 4 (groups of group_size along the input)
     weight_bits: Literal[4, 8] = 8
     group_size: Literal[32, 64, 128] = 128

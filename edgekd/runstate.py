@@ -63,7 +63,8 @@ def _written_by_edgekd(entry: Path) -> bool:
 
 # Everything a compress run writes directly into its folder.
 RUN_ENTRIES = frozenset({STATE_FILE, "stages", "checkpoints", "teacher_cache", "variants", "openvino", "rejected",
-                         "hf", "plots", "model.onnx", "report.json", "report.md", "report.html", "manifest.json"})
+                         "hf", "plots", "model.onnx", "report.json", "report.md", "report.html", "manifest.json",
+                         "openvino_model.xml", "openvino_model.bin"})  # the last two: a causal LM's IR
 
 
 class RunState:

@@ -47,8 +47,8 @@ def recipe(root: Path, **extra) -> Path:
         "quant": {"max_steps": 4, "weight_bits": 8},
         "lm": {"seq_len": 32, "train_tokens": 4000, "eval_windows": 4, "parity_prompts": 3, "speculative_k": 3,
                "sequence_kd_prompts": 6, "sequence_kd_new_tokens": 8},
-        "slo": {"*": {"latency_p95_ms": None, "peak_memory_mb": None, "model_size_mb": None,
-                      "min_metric_retention": None, "decode_tokens_per_s_min": 1.0}},
+        "slo": {"*": {"latency_p95_ms": None, "peak_memory_mb": 2000, "model_size_mb": None,
+                      "min_metric_retention": 0.01, "decode_tokens_per_s_min": 1.0}},
         **extra}))
     return path
 
@@ -84,7 +84,11 @@ def test_lm_run_reports_every_variant_and_generation(lm_run):
     assert npu["available"] is False and npu["slo"]["verdict"] == "not-measured"
     gen = cpu["generation"]
     assert gen["ttft_ms"]["p50"] <= gen["ttft_ms"]["p95"] and gen["decode_tokens_per_s"] > 0
-    assert {c["key"] for c in cpu["slo"]["checks"]} >= {"decode_tokens_per_s_min"}
+    checks = {c["key"]: c for c in cpu["slo"]["checks"]}
+    assert set(checks) == {"decode_tokens_per_s_min", "min_metric_retention", "peak_memory_mb"}
+    assert checks["min_metric_retention"]["value"] == rows["student-kd-qat-int8"]["metric"]["value"]
+    assert 0 < checks["peak_memory_mb"]["value"] < 2000  # the deployable loaded and prefilling, in a child process
+    assert (out / "model.onnx").is_file()  # the run root holds what the targets deploy
     spec = report["speculative"]
     assert spec["identical_output"] is True and 0 <= spec["acceptance_rate"] <= 1
     assert report["parity"]["onnx"]["greedy_token_match"] >= 0.95
@@ -114,13 +118,21 @@ def test_lm_run_resumes_without_redoing_work(lm_run):
     assert [r["metric"] for r in after["ablation"]] == [r["metric"] for r in before["ablation"]]
 
 
-def test_lm_student_spec_errors_are_exit_2(tmp_path):
+@pytest.mark.parametrize("student, extra, message", [
+    ("layers:9", {}, "layers:9"),
+    ("auto", {}, "auto"),
+    ("layers:1", {"lm": {"seq_len": 1024}}, "exceeds the teacher's context"),  # the tiny teacher has 512
+    ("layers:1", {"quant": {"weight_bits": 4, "group_size": 128}}, "group_size"),  # hidden 64: before any training
+])
+def test_lm_mistakes_are_exit_2_before_training(tmp_path, student, extra, message):
     teacher = write_tiny_causal_lm(tmp_path / "teacher", layers=2)
     corpus = write_corpus(tmp_path / "corpus.txt", lines=120)
-    done = cli("compress", str(recipe(tmp_path)), "--teacher", str(teacher), "--student", "layers:9",
-               "--data", str(corpus), "--target", "x86-cpu-onnxruntime", "--out", str(tmp_path / "run"), timeout=300)
+    done = cli("compress", str(recipe(tmp_path, **extra)), "--teacher", str(teacher), "--student", student,
+               "--data", str(corpus), "--target", "x86-cpu-onnxruntime", "--out", str(tmp_path / "run"), timeout=300,
+               env_extra={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert done.returncode == 2, done.stderr[-2000:]
-    assert "layers:9" in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
 def test_lm_teacher_on_image_data_is_exit_2(tmp_path):

@@ -62,9 +62,10 @@ def evaluate_lm(model: nn.Module, windows, *, teacher_topk: TopK | None = None, 
             "top1_agreement": None if teacher_topk is None else agree / windows.size, "tokens": tokens}
 
 
-def score_logits(logits: list[np.ndarray], windows: np.ndarray, teacher_top1: list[np.ndarray]) -> dict:
+def score_logits(logits, windows: np.ndarray, teacher_top1: list[np.ndarray]) -> dict:
     """Perplexity of each window's next tokens and top-1 agreement with the teacher's argmax at every position,
-    from logits [L, V] per window as a runtime returned them (edgekd.steps.generation scores exported files)."""
+    from logits [L, V] per window as a runtime returned them, read one at a time from any iterable
+    (edgekd.steps.generation scores exported files)."""
     nll, agree, predicted, positions = 0.0, 0, 0, 0
     for window, window_logits, top1 in zip(windows, logits, teacher_top1):
         log_probs = torch.log_softmax(torch.as_tensor(window_logits[:-1], dtype=torch.float64), dim=-1)
@@ -74,7 +75,9 @@ def score_logits(logits: list[np.ndarray], windows: np.ndarray, teacher_top1: li
         positions += len(top1)
     if not predicted:
         raise BadInput("score_logits: no window to score")
-    return {"perplexity": math.exp(nll / predicted), "top1_agreement": agree / positions, "tokens": predicted}
+    mean = nll / predicted
+    return {"perplexity": math.exp(mean) if mean < 700 else None,  # None: a diverged model, not an overflow
+            "top1_agreement": agree / positions, "tokens": predicted}
 
 
 def generation_audit(outputs: list[list[int]], *, n: int = 4) -> dict:

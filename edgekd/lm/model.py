@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
@@ -32,6 +34,8 @@ MAX_HIDDEN = 16384
 MAX_INTERMEDIATE = 65536
 MAX_VOCAB = 512 * 1024
 MAX_GGUF_BYTES = 16 * 1024**3
+MAX_PARAMETERS = 4_000_000_000
+"""Most parameters a config may ask for: 16 GB as FP32, what KD and export hold in memory, past this host's 24."""
 
 
 class CausalLM(nn.Module):
@@ -115,7 +119,7 @@ def load_causal_lm(path: str | Path) -> CausalLM:
         config = AutoConfig.from_pretrained(source, **extra, **SAFE_LOAD)
     except NOT_INPUT_ERRORS:
         raise
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as err:  # struct: a truncated GGUF header
         raise BadInput(f"{where}: cannot read the model config: {_first_line(err)}") from None
     _check_config(config, where)
     hf_logging.disable_progress_bar()
@@ -125,7 +129,8 @@ def load_causal_lm(path: str | Path) -> CausalLM:
                                                       **(SAFE_LOAD if extra else SAFE_WEIGHTS))
     except NOT_INPUT_ERRORS:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # RuntimeError: shapes unlike config
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, struct.error, SafetensorError) as err:
+        # RuntimeError: shapes unlike the config; SafetensorError: a truncated or corrupt weights file
         raise BadInput(f"{path}: cannot load the causal LM: {_first_line(err)}") from None
     finally:
         hf_logging.enable_progress_bar()
@@ -164,6 +169,11 @@ def _check_config(config, where: Path) -> None:
         value = getattr(config, key, None)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
             raise BadInput(f"{where}: {key} = {value!r}; edgekd loads causal LMs with {key} in 1..{limit}")
+    layers, hidden, ffn = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    parameters = layers * (4 * hidden * hidden + 3 * hidden * ffn) + 2 * config.vocab_size * hidden
+    if parameters > MAX_PARAMETERS:  # each size may be in bounds while their product is not
+        raise BadInput(f"{where}: about {parameters / 1e9:.1f}B parameters (layers x hidden x intermediate, vocab); "
+                       f"edgekd loads causal LMs of at most {MAX_PARAMETERS / 1e9:.0f}B (FP32 in memory)")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % kv_heads:
         raise BadInput(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")

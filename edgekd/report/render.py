@@ -315,8 +315,9 @@ class _Renderer:
                      str(row.get("precision", _MISSING)), _metric(row["metric"]["value"]),
                      _num(row.get("params")), _num(row.get("size_mb")),
                      *(_num((row.get("latency_p50_ms") or {}).get(n)) for n in names)] for row in variants]
+            per = "ms/token" if _generates(report) else "p50 ms"  # a causal LM's latency: per decoded token
             return Table(["variant", "precision", self.metric_name, "params", "size MB",
-                          *(f"p50 ms {n}" for n in names)], rows)
+                          *(f"{per} {n}" for n in names)], rows)
 
         if not report["ablation"]:
             return [Heading(2, "Ablation"), Paragraph("No ablation variant was recorded.")]
@@ -365,6 +366,14 @@ class _Renderer:
                          str(t.get("executed_precision") or _MISSING), t["slo"]["verdict"]])
         if not rows:
             return [Heading(2, "Targets (deployed student)"), Paragraph("No target was recorded.")]
+        if _generates(self.report):  # causal LMs: one weight-quantized student everywhere, timed by generation
+            return [Heading(2, "Targets (deployed student)"),
+                    Paragraph("Every target deploys the weight-quantized KD student (the run root's model.onnx and "
+                              "OpenVINO IR); its generation figures are below."),
+                    Table(["target", "deploys", "measured", "peak mem MB", "size MB", "SLO"],
+                          [[t["name"], str(t.get("variant") or _MISSING), "yes" if t["available"] else "no",
+                            _num(t.get("peak_memory_mb")), _num(t.get("model_size_mb")), t["slo"]["verdict"]]
+                           for t in self.report["targets"]]), *self._target_checks()]
         blocks: list[Block] = [
             Heading(2, "Targets (deployed student)"),
             Paragraph("Each target deploys the student in its precision: INT8 targets a QAT student in the scheme "
@@ -375,6 +384,18 @@ class _Renderer:
             Table(["target", "deploys", "measured", "p50 ms", "p95 ms", "p99 ms", "throughput /s", "peak mem MB", "size MB",
                    "executed precision", "SLO"], rows),
         ]
+        blocks += self._target_checks()
+        with_layers = [t for t in self.report["targets"] if t["available"] and t.get("layers")]
+        if with_layers:
+            layer_targets = [{"name": t["name"], "layers": t["layers"], "p95_ms": (t.get("latency_ms") or {}).get("p95"),
+                              "slo_p95_ms": (_check(t, "latency_p95_ms") or {}).get("limit")} for t in with_layers]
+            relative = self.plot("layers.png", plots.plot_layers, targets=layer_targets)
+            blocks.append(Image(relative, "Slowest layers of the deployed student against the measured p95 and the SLO"))
+        return blocks
+
+    def _target_checks(self) -> list[Block]:
+        """Per target: its verdict, why it was not measured, each SLO check with its margin, warnings."""
+        blocks: list[Block] = []
         for t in self.report["targets"]:
             blocks.append(Heading(3, f"{t['name']}: {t['slo']['verdict']}"))
             if t.get("note"):
@@ -395,12 +416,6 @@ class _Renderer:
                                         f"{t.get('executed_precision') or 'another precision'}."))
             if t.get("warnings"):
                 blocks.append(Bullets([str(w) for w in t["warnings"]]))
-        with_layers = [t for t in self.report["targets"] if t["available"] and t.get("layers")]
-        if with_layers:
-            layer_targets = [{"name": t["name"], "layers": t["layers"], "p95_ms": (t.get("latency_ms") or {}).get("p95"),
-                              "slo_p95_ms": (_check(t, "latency_p95_ms") or {}).get("limit")} for t in with_layers]
-            relative = self.plot("layers.png", plots.plot_layers, targets=layer_targets)
-            blocks.append(Image(relative, "Slowest layers of the deployed student against the measured p95 and the SLO"))
         return blocks
 
     # -- SLO failures

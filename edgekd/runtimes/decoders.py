@@ -53,10 +53,11 @@ class GraphDecoder:
     def start(self) -> DecoderState:
         return DecoderState()
 
-    def forward(self, token_ids: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+    def feeds(self, token_ids: np.ndarray, state: DecoderState) -> dict[str, np.ndarray]:
+        """The graph's inputs for `token_ids` after `state` (also what the memory probe runs: a prefill)."""
         ids = checked_tokens(token_ids, state, vocab_size=self.vocab_size, max_positions=MAX_POSITIONS)
         total = state.length + ids.shape[1]
-        feeds = {"input_ids": ids.astype(np.int64),
+        feeds = {"input_ids": ids,
                  "attention_mask": np.ones((1, total), dtype=np.int64),
                  "position_ids": np.arange(state.length, total, dtype=np.int64)[None]}
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
@@ -64,6 +65,11 @@ class GraphDecoder:
             key, value = state.past[i] if state.past else (empty, empty)
             feeds[f"past_key_values.{i}.key"] = np.ascontiguousarray(key)
             feeds[f"past_key_values.{i}.value"] = np.ascontiguousarray(value)
+        return feeds
+
+    def forward(self, token_ids: np.ndarray, state: DecoderState) -> tuple[np.ndarray, DecoderState]:
+        feeds = self.feeds(token_ids, state)
+        ids, total = feeds["input_ids"], feeds["attention_mask"].shape[1]
         try:
             outputs = dict(zip(self.output_names, self.session.run(feeds)))
         except Exception as err:  # both runtimes raise their own classes

@@ -108,7 +108,14 @@ def publish_root(ctx: Context, artifact: Artifact) -> Artifact:
     """Copy `artifact`'s folder (model.onnx, openvino/, the family's extras) into the run root, each file
     atomically, and return the artifact as found there. A copy, not the export itself: which student the
     first target deploys is only known once step 5 has timed the INT8 student against its FP32 self."""
-    source = _variant_dir(ctx, artifact.variant)
+    in_root = copy_to_root(ctx, artifact.variant)
+    return dataclasses.replace(artifact, onnx=in_root(artifact.onnx), openvino=in_root(artifact.openvino))
+
+
+def copy_to_root(ctx: Context, variant: str):
+    """Copy variant `variant`'s folder into the run root, each file atomically; returns where a file of that
+    folder now lies in the root (None stays None)."""
+    source = _variant_dir(ctx, variant)
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         with atomic_path(ctx.run.out / path.relative_to(source)) as tmp:
             shutil.copyfile(path, tmp)
@@ -116,7 +123,7 @@ def publish_root(ctx: Context, artifact: Artifact) -> Artifact:
     def in_root(path: Path | None) -> Path | None:
         return ctx.run.out / path.relative_to(source) if path else None
 
-    return dataclasses.replace(artifact, onnx=in_root(artifact.onnx), openvino=in_root(artifact.openvino))
+    return in_root
 
 
 def _variant_dir(ctx: Context, name: str) -> Path:

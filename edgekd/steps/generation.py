@@ -88,14 +88,29 @@ def token_data(ctx: Context) -> TokenData:
     from edgekd.lm.data import token_windows
 
     lm = ctx.recipe.lm
+    config = ctx.teacher.model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:  # past its context a teacher's logits are no target, and timing there measures nothing real
+        if lm.seq_len > positions:
+            raise BadInput(f"recipe: lm.seq_len {lm.seq_len} exceeds the teacher's context "
+                           f"(max_position_embeddings {positions})")
+        for t in ctx.plan.targets:
+            if t.generation.prompt_tokens + t.generation.new_tokens > positions:
+                raise BadInput(f"target {t.name}: generation prompt_tokens + new_tokens = "
+                               f"{t.generation.prompt_tokens + t.generation.new_tokens} exceeds the teacher's context "
+                               f"(max_position_embeddings {positions})")
     tokenizer = ctx.teacher.model.tokenizer()
     eval_tokens = lm.eval_windows * lm.seq_len
 
     def windows(texts, max_tokens: int, split: str) -> np.ndarray:
         try:
-            return token_windows(tokenizer, list(texts), seq_len=lm.seq_len, max_tokens=max_tokens)
+            made = token_windows(tokenizer, list(texts), seq_len=lm.seq_len, max_tokens=max_tokens)
         except BadInput as err:
             raise BadInput(f"--data {ctx.recipe.data} ({split} split): {err}") from None
+        if made.size and made.max() >= config.vocab_size:  # a tokenizer with tokens the model has no row for
+            raise BadInput(f"--data {ctx.recipe.data} ({split} split): the tokenizer gives id {int(made.max())}, "
+                           f"past the teacher's vocabulary of {config.vocab_size}")
+        return made
 
     return TokenData(train=windows(ctx.data.x_train, lm.train_tokens, "train"),
                      val=windows(ctx.data.x_val, eval_tokens, "validation"),
@@ -163,9 +178,18 @@ def make_student(ctx: Context) -> LMVariant:
 
     def build() -> LMVariant:
         made = ctx.family.make_student(spec, channel_multiple=ctx.plan.channel_multiple, seed=ctx.recipe.seed)
+        _check_quantizable(ctx, made.model)
         return LMVariant(made.model, {"prune": made.report})
 
     return _stored(ctx, "student", build)
+
+
+def _check_quantizable(ctx: Context, student: nn.Module) -> None:
+    """The student's weights fit the recipe's weight grid, checked before hours of distillation: INT4 groups
+    must divide every layer's inputs (a width cut rounded to the target's channel multiple may not)."""
+    from edgekd.lm.weight_quant import quantize_weights
+
+    quantize_weights(copy.deepcopy(student), bits=ctx.recipe.quant.weight_bits, group_size=ctx.recipe.quant.group_size)
 
 
 # ---- 2. distill -------------------------------------------------------------------------------
@@ -177,7 +201,7 @@ def teacher_topk(ctx: Context, data: TokenData):
     from edgekd.lm.topk_cache import build_topk_cache
 
     config = _train_config(ctx, kd=True)
-    cache_dir = ctx.recipe.distill.get("cache_dir") or default_cache_root() / "lm_topk"
+    cache_dir = Path(ctx.recipe.distill.get("cache_dir") or default_cache_root()) / "lm_topk"
     with _progress(ctx, f"teacher top-{config.top_k} logits (windows)") as progress:
         return build_topk_cache(ctx.teacher.model, data.train, k=config.top_k, temperature=config.temperature,
                                 cache_dir=Path(cache_dir), resume=True, progress=progress)
@@ -194,15 +218,15 @@ def teacher_generations(ctx: Context):
 
     tokenizer = ctx.teacher.model.tokenizer()
     texts = [str(t) for t in ctx.data.x_train[:lm.sequence_kd_prompts]]
+    cache_dir = Path(ctx.recipe.distill.get("cache_dir") or default_cache_root()) / "lm_generations"
     return generate(ctx.teacher.model.hf, tokenizer, texts, max_new_tokens=lm.sequence_kd_new_tokens, do_sample=False,
-                    seed=ctx.recipe.seed, cache_dir=default_cache_root() / "lm_generations", resume=True)
+                    seed=ctx.recipe.seed, cache_dir=cache_dir, resume=True)
 
 
 def train_student(ctx: Context, student: LMVariant, data: TokenData, *, kd: bool, topk=None,
                   generations=None) -> LMVariant:
     """The same steps, seed and batches with KD (alpha x top-k KD + (1 - alpha) x next-token CE, plus the
     teacher's generations) or without (next-token CE on the real text): the no-KD baseline."""
-    from edgekd.lm.metrics import evaluate_lm
     from edgekd.lm.train import train_lm
 
     stage = KD_FP32 if kd else NO_KD
@@ -215,9 +239,7 @@ def train_student(ctx: Context, student: LMVariant, data: TokenData, *, kd: bool
             result = train_lm(model, data.train, config=config, teacher_topk=topk if kd else None,
                               sequences=sequences, out_dir=ctx.run.checkpoint_dir(stage), resume=ctx.resume,
                               progress=progress)
-        metrics = evaluate_lm(result.model, data.val)
-        return LMVariant(result.model, {"history": result.history, "metrics": metrics,
-                                        "sequence_kd": bool(sequences)})
+        return LMVariant(result.model, {"history": result.history, "sequence_kd": bool(sequences)})
 
     return _stored(ctx, stage, build)
 
@@ -273,7 +295,7 @@ def export_variants(ctx: Context, variants: dict[str, LMVariant], parity_prompts
     tokens of the parity prompts identical to PyTorch's on at least GREEDY_MATCH_MIN of them. The deployable
     failing stops the run (nothing shipped); a baseline loses only the failing format."""
     from edgekd.lm.export import export_lm
-    from edgekd.lm.parity import GREEDY_MATCH_MIN, generation_parity
+    from edgekd.lm.parity import GREEDY_MATCH_MIN, PREFILL_COSINE_MIN, generation_parity
 
     new_tokens = min(32, max(t.generation.new_tokens for t in ctx.plan.targets))
     # an OpenVINO target runs the IR: made whenever one is in the run, whatever the recipe's formats say
@@ -293,8 +315,12 @@ def export_variants(ctx: Context, variants: dict[str, LMVariant], parity_prompts
                 runtime = "openvino" if fmt == "openvino" else "onnxruntime"
                 parity[fmt] = generation_parity(variant.model, path, runtime, parity_prompts, new_tokens=new_tokens,
                                                 reference_tokens=reference_tokens)
-                if parity[fmt]["greedy_token_match"] < GREEDY_MATCH_MIN:
-                    rejected[fmt] = [f"greedy_token_match {parity[fmt]['greedy_token_match']:.3f} < {GREEDY_MATCH_MIN}"]
+                found = parity[fmt]
+                rejected[fmt] = ([f"greedy_token_match {found['greedy_token_match']:.3f} < {GREEDY_MATCH_MIN}"]
+                                 * (found["greedy_token_match"] < GREEDY_MATCH_MIN)
+                                 + [f"prefill_logits_cosine {found['prefill_logits_cosine']:.5f} < {PREFILL_COSINE_MIN}"]
+                                 * (found["prefill_logits_cosine"] < PREFILL_COSINE_MIN))
+            rejected = {fmt: problems for fmt, problems in rejected.items() if problems}
             if rejected and name == DEPLOYABLE:
                 raise GateFailed(f"{name}: the export gate refused {', '.join(rejected)} "
                                  f"({'; '.join(p for v in rejected.values() for p in v)}); nothing shipped")
@@ -326,9 +352,10 @@ def score_variants(ctx: Context, artifacts: dict[str, LMArtifact], data: TokenDa
     from edgekd.lm.metrics import score_logits
     from edgekd.runtimes.decoders import open_decoder
 
-    def logits_of(path: Path) -> list[np.ndarray]:
+    def logits_of(path: Path):
+        """Each test window's logits in turn: one [seq_len, vocab] array held at a time."""
         decoder = open_decoder(path, "onnxruntime")
-        return [decoder.forward(window[None].astype(np.int64), decoder.start())[0][0] for window in data.test]
+        return (decoder.forward(window[None].astype(np.int64), decoder.start())[0][0] for window in data.test)
 
     def score() -> dict:
         teacher_top1 = [lg.argmax(-1) for lg in logits_of(artifacts[TEACHER_FP32].files["onnx"])]
@@ -345,12 +372,14 @@ def score_variants(ctx: Context, artifacts: dict[str, LMArtifact], data: TokenDa
     return ctx.run.value("lm:scores", score)
 
 
-def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: TokenData) -> dict:
+def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: TokenData, scores: dict) -> dict:
     """Every variant's generation timed on every available target (time to first token, decode tokens/s),
     the SLO verdict of what the target deploys, and speculative decoding there with the deployed student
     drafting for the FP32 teacher."""
     from edgekd.bench.generation import bench_generation
+    from edgekd.bench.memory import MemoryProbeFailed, measure_peak_memory
     from edgekd.bench.slo import check_slo
+    from edgekd.runtimes.sessions import SessionConfig
     from edgekd.lm.generate import greedy_decode
     from edgekd.lm.metrics import generation_audit
     from edgekd.lm.speculative import measure_speculative
@@ -360,8 +389,9 @@ def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: Toke
 
     entries, timings, speculative = [], {}, {}
     for target in ctx.plan.targets:
-        if target not in ctx.plan.available:
-            reason = availability(target)[1]
+        reason = availability(target)[1] if target not in ctx.plan.available else (
+            None if target.device == "cpu" else f"causal LMs are timed on CPU runtimes only (this is a {target.device})")
+        if reason:
             entries.append({"name": target.name, "available": False, "reason": reason, "estimated": False,
                             "slo": check_slo(slo=target.slo, figures={}, unavailable_reason=reason).to_dict()})
             continue
@@ -388,7 +418,15 @@ def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: Toke
                      for name, decoder in ((name, open_decoder(path, target.runtime, threads=target.threads))
                                            for name, path in ((TEACHER_FP32, teacher), (DEPLOYABLE, deployed))
                                            if path is not None)}
-            return {"generation": rows, "speculative": spec, "audit": audit,
+            probe = open_decoder(deployed, target.runtime, threads=target.threads)
+            try:
+                peak = measure_peak_memory(config=SessionConfig(model=str(deployed), runtime=target.runtime,
+                                                                device=target.runtime_device, threads=target.threads),
+                                           feeds=probe.feeds(np.asarray([timed_prompts[0]]), probe.start())).model_mb
+            except MemoryProbeFailed as err:
+                ctx.console.print(f"      {target.name}: peak memory not measured: {err}", markup=False)
+                peak = None
+            return {"generation": rows, "speculative": spec, "audit": audit, "peak_memory_mb": peak,
                     "weights": weight_precision(deployed, target.runtime)}
 
         done = ctx.run.value(f"bench:{target.name}", measure)
@@ -399,11 +437,12 @@ def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: Toke
         device = {"ttft_ms_p95": figures["ttft_ms"]["p95"],
                   "decode_tokens_per_s_min": figures["decode_tokens_per_s"],
                   "latency_p50_ms": 1000 / figures["decode_tokens_per_s"] if figures["decode_tokens_per_s"] else None,
-                  "peak_memory_mb": figures.get("peak_memory_mb"),
+                  "peak_memory_mb": done.get("peak_memory_mb"),  # the deployable loaded and prefilling, as bench does
                   "model_size_mb": _size_mb(size_mb)}
         teacher_rate = done["generation"].get(TEACHER_FP32, {}).get("decode_tokens_per_s")
         speedup = figures["decode_tokens_per_s"] / teacher_rate if teacher_rate else None
-        verdict = check_slo(slo=target.slo, figures=device, speedup=speedup)
+        verdict = check_slo(slo=target.slo, figures=device, speedup=speedup,
+                            metric_retention=scores[DEPLOYABLE]["value"])
         entries.append({"name": target.name, "available": True, "reason": None, "estimated": False,
                         "variant": DEPLOYABLE, "generation": figures, "model_size_mb": device["model_size_mb"],
                         "peak_memory_mb": device["peak_memory_mb"], "decode_speedup_vs_teacher": speedup,
@@ -425,9 +464,13 @@ def _size_mb(path: Path | None) -> float | None:
 
 def write_report(ctx: Context, artifacts: dict[str, LMArtifact], scores: dict, measured: dict, *,
                  started: float) -> dict:
+    """report.json (the five variants, generation per target, speculative decoding, the audit), report.md /
+    .html, manifest.json; the run root gets a copy of the deployed student's files first."""
     from edgekd.report import build_manifest, render_report, write_manifest
+    from edgekd.steps.export import copy_to_root
 
     out = ctx.run.out
+    copy_to_root(ctx, DEPLOYABLE)  # what every target deploys: the weight-quantized student
     first = next((t["name"] for t in measured["targets"] if t["available"]), None)
 
     def row(name: str) -> dict:
@@ -472,6 +515,9 @@ def write_report(ctx: Context, artifacts: dict[str, LMArtifact], scores: dict, m
             "1 by definition), with perplexity beside it; retention is the deployed student's agreement",
             f"teacher perplexity {teacher_ppl:.2f} on the held-out windows" if teacher_ppl else "",
             "latency_p50_ms of a causal LM is milliseconds per decoded token (1000 / decode tokens/s)",
+            f"training ran {_train_config(ctx, kd=True).max_steps} steps with and without KD and "
+            f"{_train_config(ctx, kd=True, quant=True).max_steps} quantization-aware steps (distill.max_steps, "
+            "quant.max_steps); epochs and patience do not apply to causal LMs",
         ],
         "host": detect_host().as_dict(),
     }).model_dump(mode="json")
