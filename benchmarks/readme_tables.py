@@ -375,17 +375,25 @@ def lm_smollm2_block(results: Path = RESULTS) -> str:
                         + " | ".join(f"{rates.get(t) or 0:.1f}" for t in targets)
                         + f" | {(v['ttft_ms_p95'] or {}).get(targets[0]) or 0:.1f} |")
         speedups = ", ".join(f"{summary['targets'][t]['speedup']:.2f}x on {lb}" for t, lb in zip(targets, labels))
+        speedups = speedups.replace("x on", "x the FP32 teacher's tokens/s on", 1)
         speculative = next((s for s in (summary["speculative"] or {}).values() if s), None)
         lines = [f"**{d['student']}, {d['kd_steps']} KD steps (and as many without KD), {d['qat_steps']} QAT steps"
                  f"** ({'the quick recipe' if d['quick'] else 'trained by the script'}, "
                  f"{summary['wall_time_s'] / 60:.0f} min in the run):", "", *rows, "",
-                 _wrap(f"- The deployed weight-INT{d['recipe']['quant']['weight_bits']} student decodes {speedups} "
-                       "the FP32 teacher's tokens/s.")]
+                 _wrap(f"- The deployed weight-INT{d['recipe']['quant']['weight_bits']} student decodes at {speedups}.")]
         if speculative:
             lines.append(_wrap(f"- Speculative decoding with it drafting (k = {speculative['k']}) on {labels[0]}: "
                                f"acceptance {speculative['acceptance_rate']:.2f}, {speculative['tokens_per_s']:.1f} "
                                f"tokens/s against the teacher's own {speculative['teacher_tokens_per_s']:.1f}; "
                                f"output identical to the teacher's: {speculative['identical_output']}."))
+        parity = summary["parity"]
+        lines.append(_wrap("- Export gate (graph arithmetic): " + "; ".join(
+            f"{RUNTIME_LABELS.get('onnxruntime' if fmt == 'onnx' else fmt, fmt)} greedy tokens identical on "
+            f"{p['greedy_token_match']:.0%} of {p['prompts']} prompts, prefill cosine {p['prefill_logits_cosine']:.6f}, "
+            f"as deployed {p.get('deployed_greedy_token_match', 0):.0%}" for fmt, p in parity.items()) + "."))
+        weights = next(iter(summary["targets"].values()))["weights"]
+        lines.append(_wrap(f"- Weights the runtime keeps integer: {weights['int8'] + weights['int4']} MatMuls, "
+                           f"{weights['float']} float (the tied embedding / output head)."))
         lines.append(_wrap(f"- {_how(command, 'trained by the script through edgekd compress', d)}."))
         text += ([""] if text else []) + lines
     return "\n".join(text) or "No run recorded yet: `python benchmarks/lm_smollm2.py --quick`."

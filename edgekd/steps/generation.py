@@ -219,8 +219,13 @@ def teacher_generations(ctx: Context):
     tokenizer = ctx.teacher.model.tokenizer()
     texts = [str(t) for t in ctx.data.x_train[:lm.sequence_kd_prompts]]
     cache_dir = Path(ctx.recipe.distill.get("cache_dir") or default_cache_root()) / "lm_generations"
-    return generate(ctx.teacher.model.hf, tokenizer, texts, max_new_tokens=lm.sequence_kd_new_tokens, do_sample=False,
+    made = generate(ctx.teacher.model.hf, tokenizer, texts, max_new_tokens=lm.sequence_kd_new_tokens, do_sample=False,
                     seed=ctx.recipe.seed, cache_dir=cache_dir, resume=True)
+    vocab = ctx.teacher.model.config.vocab_size
+    if any(i < 0 or i >= vocab for ids in made.prompt_ids + made.continuation_ids for i in ids):
+        raise BadInput(f"{cache_dir}: a cached generation holds token ids outside the teacher's vocabulary of "
+                       f"{vocab}; delete that cache folder to generate again")
+    return made
 
 
 def train_student(ctx: Context, student: LMVariant, data: TokenData, *, kd: bool, topk=None,
