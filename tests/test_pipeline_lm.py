@@ -124,20 +124,21 @@ def test_lm_run_resumes_without_redoing_work(lm_run):
     ("layers:1", {"lm": {"seq_len": 1024}}, "exceeds the teacher's context"),  # the tiny teacher has 512
     ("layers:1", {"quant": {"weight_bits": 4, "group_size": 128}}, "group_size"),  # hidden 64: before any training
 ])
-def test_lm_mistakes_are_exit_2_before_training(tmp_path, student, extra, message):
+def test_lm_mistakes_are_exit_2_before_training(run_cli, monkeypatch, tmp_path, student, extra, message):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     teacher = write_tiny_causal_lm(tmp_path / "teacher", layers=2)
     corpus = write_corpus(tmp_path / "corpus.txt", lines=120)
-    done = cli("compress", str(recipe(tmp_path, **extra)), "--teacher", str(teacher), "--student", student,
-               "--data", str(corpus), "--target", "x86-cpu-onnxruntime", "--out", str(tmp_path / "run"), timeout=300,
-               env_extra={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert message in done.stderr and "Traceback" not in done.stderr
+    code, _, err = run_cli("compress", str(recipe(tmp_path, **extra)), "--teacher", str(teacher), "--student",
+                           student, "--data", str(corpus), "--target", "x86-cpu-onnxruntime", "--out",
+                           str(tmp_path / "run"))
+    assert code == 2, err[-2000:]
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
-def test_lm_teacher_on_image_data_is_exit_2(tmp_path):
+def test_lm_teacher_on_image_data_is_exit_2(run_cli, tmp_path):
     teacher = write_tiny_causal_lm(tmp_path / "teacher", layers=2)
-    done = cli("compress", "--teacher", str(teacher), "--data", "digits16", "--target", "x86-cpu-onnxruntime",
-               "--out", str(tmp_path / "run"), timeout=300)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "not text" in done.stderr
+    code, _, err = run_cli("compress", "--teacher", str(teacher), "--data", "digits16", "--target",
+                           "x86-cpu-onnxruntime", "--out", str(tmp_path / "run"))
+    assert code == 2, err[-2000:]
+    assert "not text" in err
