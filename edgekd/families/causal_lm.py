@@ -71,5 +71,7 @@ class CausalLMFamily(ModelFamily):
         raise BadInput("a causal LM is timed by its generation (edgekd.bench.generation), not a single forward")
 
     def metric(self, outputs: np.ndarray, teacher_outputs: np.ndarray) -> dict:
-        agreement = float((outputs.argmax(-1) == teacher_outputs.argmax(-1)).mean())
-        return {"name": "top1_agreement_vs_teacher", "value": agreement}
+        from edgekd.lm.metrics import agreement_from_logits
+
+        return {"name": "top1_agreement_vs_teacher",
+                "value": agreement_from_logits(outputs, teacher_outputs.argmax(-1))}
