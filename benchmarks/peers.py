@@ -282,12 +282,13 @@ def calibration_subset(x: np.ndarray, *, samples: int, seed: int) -> np.ndarray:
 
 
 def ort_static_int8(source: Path, out: Path, feeds: list[dict], *, activation_dtype: str, reduce_range: bool,
-                    op_types: list[str] | None = None) -> dict:
+                    op_types: list[str] | None = None, weight_type: str = "QInt8", per_channel: bool = True) -> dict:
     """ONNX Runtime's static quantization as its documentation recommends for x86 CPUs: the
     pre-processing step (shape inference + graph optimization), then QDQ with per-channel int8
     weights and `activation_dtype` activations; reduce_range (7-bit weights) where the host lacks
     VNNI, as ORT advises for U8S8 on AVX2 and as edgekd itself does on this host. `op_types`
-    limits what is quantized (None: ORT's default, every op type it can quantize)."""
+    limits what is quantized (None: ORT's default, every op type it can quantize); `weight_type`
+    (an onnxruntime QuantType name: QUInt8, QInt4, ...) and `per_channel` match other schemes."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -315,13 +316,13 @@ def ort_static_int8(source: Path, out: Path, feeds: list[dict], *, activation_dt
             return next(self.items, None)
 
     activation = QuantType.QUInt8 if activation_dtype == "uint8" else QuantType.QInt8
-    settings = {"quant_format": "QDQ", "per_channel": True, "reduce_range": reduce_range,
-                "activation_type": activation.name, "weight_type": "QInt8", "calibrate_method": "MinMax",
+    settings = {"quant_format": "QDQ", "per_channel": per_channel, "reduce_range": reduce_range,
+                "activation_type": activation.name, "weight_type": weight_type, "calibrate_method": "MinMax",
                 "calibration_samples": len(feeds), "preprocess": preprocess,
                 "op_types_to_quantize": op_types or "default (all ORT can quantize)"}
     started = time.perf_counter()
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=activation,
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    reduce_range=reduce_range, weight_type=QuantType[weight_type], activation_type=activation,
                     op_types_to_quantize=op_types)
     prepared.unlink(missing_ok=True)
     return {**settings, "seconds": time.perf_counter() - started}

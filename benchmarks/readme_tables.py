@@ -399,9 +399,40 @@ def lm_smollm2_block(results: Path = RESULTS) -> str:
     return "\n".join(text) or "No run recorded yet: `python benchmarks/lm_smollm2.py --quick`."
 
 
+QAT_VS_PTQ_ROWS = {"fp32": "FP32 teacher", "ptq-edgekd": "edgekd PTQ", "ptq-ort": "ORT `quantize_static` (peer)",
+                   "qat-no-kd": "edgekd QAT, no KD", "qat-kd": "edgekd QAT + KD"}
+
+
+def qat_vs_ptq_block(results: Path = RESULTS) -> str:
+    """Where PTQ hurts: FP32, the PTQ rows and QAT with and without KD, per workload (benchmarks/qat_vs_ptq.py)."""
+    d = load("qat_vs_ptq", results)
+    names = list(d["workloads"])
+    rows = ["| row | " + " | ".join(f"{name}: accuracy (agreement with FP32)" for name in names) + " |",
+            "|---|" + "---|" * len(names)]
+    for key, label in QAT_VS_PTQ_ROWS.items():
+        cells = []
+        for name in names:
+            row = d["workloads"][name]["rows"][key]
+            runs = row.get("runs")
+            seeds = (f", seeds {min(r['accuracy'] for r in runs):.4f}-{max(r['accuracy'] for r in runs):.4f}"
+                     if runs and len(runs) > 1 else "")
+            cells.append(f"{row['accuracy']:.4f} ({row['agreement']:.4f}{seeds})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = len(d["settings"]["seeds"])
+    lines = ["\n".join(rows), ""]
+    for name in names:
+        w = d["workloads"][name]
+        lines.append(_wrap(f"- {name} ({w['title']}): {w['finding']}."))
+    lines.append(_wrap(f"- Every figure is the exported ONNX run on ONNX Runtime CPU over the {d['data']['test_samples']} "
+                       f"`{d['data']['name']}` test samples; QAT rows are the mean of {seeds} seeds. "
+                       f"{_how('python benchmarks/qat_vs_ptq.py', 'trained by the script', d)}."))
+    return "\n".join(lines)
+
+
 BLOCKS = {"benchmarks": benchmarks_block, "peers-summary": peers_summary_block, "peers": peers_block,
           "limits-minilm": limits_minilm_block, "text-throughput": text_throughput_block,
-          "budget-profile": budget_profile_block, "lm-smollm2": lm_smollm2_block}
+          "budget-profile": budget_profile_block, "lm-smollm2": lm_smollm2_block,
+          "qat-vs-ptq": qat_vs_ptq_block}
 
 
 def blocks(results: Path = RESULTS) -> dict[str, str]:

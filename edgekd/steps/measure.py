@@ -50,7 +50,8 @@ def benchmark_variants(ctx: Context, artifacts: dict[str, Artifact]) -> dict:
         note = ctx.plan.fp32_instead.get(target.name)
         full.append({**entry, "variant": name,
                      "artifact": deployed.for_target(target).relative_to(ctx.run.out).as_posix(),
-                     **({"note": note} if note else {})})
+                     **({"note": note, "fp32_instead_timing": ctx.plan.fp32_instead_timing[target.name]}
+                        if note else {})})
     return {"predictions": predictions, "metrics": metrics, "latency": latency, "targets": full,
             "retention": retention(ctx.plan.primary)}
 
@@ -88,4 +89,5 @@ def _never_slower_than_fp32(ctx: Context, artifacts: dict[str, Artifact], timed:
         int8, fp32 = pair[name], pair[fp32_name]
     if clearly_faster(fp32, int8):
         ctx.plan.deploy_fp32(target, f"INT8 {int8.describe()} vs FP32 {fp32.describe()} on {target.name}: "
-                                     f"deploys the FP32 student ({fp32_name})")
+                                     f"deploys the FP32 student ({fp32_name})",
+                             timing={"int8": int8.as_dict(), "fp32": fp32.as_dict()})

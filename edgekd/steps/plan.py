@@ -23,6 +23,8 @@ class TargetPlan:
     static_shapes: bool
     notes: list[str] = field(default_factory=list)
     fp32_instead: dict[str, str] = field(default_factory=dict)  # INT8 target name -> why it deploys the FP32 KD student
+    # INT8 target name -> the rounds that decision rests on ({"int8": ..., "fp32": ...}, RoundTimes.as_dict)
+    fp32_instead_timing: dict[str, dict] = field(default_factory=dict)
     # target name -> the larger student `student: auto` picked for it than the run's own (the least capable
     # pick, which fits every target): such a target deploys that student, in its precision
     own_students: dict[str, str] = field(default_factory=dict)
@@ -38,9 +40,11 @@ class TargetPlan:
         groups = self.int8_groups or [[]]
         return {DEPLOYABLE if i == 0 else f"{DEPLOYABLE}-{group[0].name}": group for i, group in enumerate(groups)}
 
-    def deploy_fp32(self, target: Target, why: str) -> None:
-        """`target` deploys the FP32 KD student after all: its INT8 student measured clearly slower (step 5)."""
+    def deploy_fp32(self, target: Target, why: str, timing: dict) -> None:
+        """`target` deploys the FP32 KD student after all: its INT8 student measured clearly slower (step 5),
+        in the rounds `timing` holds (the ablation's shared ones, or the pair's focused re-timing)."""
         self.fp32_instead[target.name] = why
+        self.fp32_instead_timing[target.name] = timing
         self.notes.append(why)
 
     def deployed_variant(self, target: Target) -> str:
