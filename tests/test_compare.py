@@ -180,8 +180,12 @@ def test_an_int8_student_clearly_slower_than_fp32_deploys_the_fp32_student(tmp_p
     if falls_back:
         assert ctx.plan.notes == ["INT8 0.31 ms (round IQR 0.305-0.32) vs FP32 0.27 ms (round IQR 0.265-0.275) on "
                                   "x86-cpu-onnxruntime: deploys the FP32 student (student-kd-fp32)"]
+        # the report carries the rounds the decision rests on: the focused ones where the pair was timed again
+        timing = ctx.plan.fp32_instead_timing[x86.name]
+        assert timing["int8"]["round_p50_ms"] == list(focused_int8_ms or int8_ms)
+        assert timing["fp32"]["round_p50_ms"] == [0.27, 0.26, 0.28]
     else:
-        assert ctx.plan.notes == []
+        assert ctx.plan.notes == [] and ctx.plan.fp32_instead_timing == {}
 
 
 def test_the_run_root_holds_a_copy_of_what_the_first_target_deploys(tmp_path):
