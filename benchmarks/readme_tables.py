@@ -394,6 +394,15 @@ def lm_smollm2_block(results: Path = RESULTS) -> str:
         weights = next(iter(summary["targets"].values()))["weights"]
         lines.append(_wrap(f"- Weights the runtime keeps integer: {weights['int8'] + weights['int4']} MatMuls, "
                            f"{weights['float']} float (the tied embedding / output head)."))
+        peers = d.get("peers")
+        if peers:
+            figures = "; ".join(
+                f"{name}: agreement {r['top1_agreement']:.3f}, perplexity {r['perplexity']:.1f}, "
+                f"{r['decode_tokens_per_s']:.1f} tokens/s, {r['size_mb']:.1f} MB, {r['weights']['float']} float MatMuls"
+                for name, r in peers["rows"].items())
+            lines.append(_wrap(f"- Peer on OpenVINO (NNCF writes IR only), the teacher's weights to INT8 by "
+                               f"`{peers['api']}` (NNCF {peers['nncf']}) against edgekd's PTQ row, medians of "
+                               f"{peers['rounds']} interleaved rounds: {figures}."))
         lines.append(_wrap(f"- {_how(command, 'trained by the script through edgekd compress', d)}."))
         text += ([""] if text else []) + lines
     return "\n".join(text) or "No run recorded yet: `python benchmarks/lm_smollm2.py --quick`."
