@@ -393,7 +393,8 @@ def lm_smollm2_block(results: Path = RESULTS) -> str:
             f"as deployed {p.get('deployed_greedy_token_match', 0):.0%}" for fmt, p in parity.items()) + "."))
         weights = next(iter(summary["targets"].values()))["weights"]
         lines.append(_wrap(f"- Weights the runtime keeps integer: {weights['int8'] + weights['int4']} MatMuls, "
-                           f"{weights['float']} float (the tied embedding / output head)."))
+                           f"{weights['float']} float" + (" (the tied embedding / output head)." if weights["float"]
+                                                          else ", the output head (tied to the embedding) included.")))
         peers = d.get("peers")
         if peers:
             figures = "; ".join(

@@ -16,7 +16,7 @@ from edgekd.lm.export import export_lm
 from edgekd.lm.parity import GREEDY_MATCH_MIN, generation_parity
 from edgekd.lm.tiny import tiny_causal_lm
 from edgekd.lm.torch_decoder import TorchDecoder
-from edgekd.lm.weight_quant import WeightOnlyLinear, integer_weights, quantize_weights
+from edgekd.lm.weight_quant import WeightOnlyEmbedding, WeightOnlyLinear, integer_weights, quantize_weights
 from edgekd.runtimes.decoders import OrtDecoder, open_decoder, weight_precision
 from edgekd.runtimes.decoding import DecoderState
 
@@ -87,9 +87,26 @@ def test_fp32_prefill_and_cached_decode_match_pytorch(exports, runtime):
 def test_quantization_reports_the_stored_size():
     int8 = quantize_weights(tiny_causal_lm(), bits=8)
     int4 = quantize_weights(tiny_causal_lm(), bits=4, group_size=32)
-    assert int8["layers"] == int4["layers"] == LINEARS and int8["bytes_before"] == int4["bytes_before"] == 589824
-    assert int8["bytes_after"] == 147456 + 4 * 4 * (64 + 32 + 32 + 64 + 128 + 128 + 64)  # codes + an fp32 scale per row
-    assert int4["bytes_after"] < int8["bytes_after"] * 0.7 and int4["group_size"] == 32
+    embedding = 100 * 64  # vocab x hidden: the tied embedding and head, INT8 per row in both modes
+    assert int8["layers"] == int4["layers"] == LINEARS and int8["embedding"] == int4["embedding"] == "int8 per row"
+    assert int8["bytes_before"] == int4["bytes_before"] == 589824 + 4 * embedding
+    # codes + an fp32 scale per row, for the projections and the embedding
+    assert int8["bytes_after"] == 147456 + 4 * 4 * (64 + 32 + 32 + 64 + 128 + 128 + 64) + embedding + 4 * 100
+    assert int4["bytes_after"] < int8["bytes_after"] * 0.75 and int4["group_size"] == 32
+
+
+def test_the_embedding_and_its_tied_head_share_one_int8_per_row_grid():
+    model = tiny_causal_lm()
+    quantize_weights(model, bits=4, group_size=32)
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert isinstance(embedding, WeightOnlyEmbedding) and isinstance(head, WeightOnlyLinear) and head.bits == 8
+    assert head.weight is embedding.weight  # still tied: one Parameter, one stored matrix
+    assert torch.equal(embedding.quantized_weight(), head.quantized_weight())
+    ids = torch.as_tensor(PROMPT)
+    assert torch.equal(embedding(ids), embedding.quantized_weight()[ids])
+    kept = tiny_causal_lm()
+    assert quantize_weights(kept, bits=8, include_embedding=False)["embedding"] is None
+    assert type(kept.get_input_embeddings()) is torch.nn.Embedding and type(kept.lm_head) is torch.nn.Linear
 
 
 def test_weight_only_export_is_integer_and_matches_fake_quant(exports):
@@ -98,10 +115,10 @@ def test_weight_only_export_is_integer_and_matches_fake_quant(exports):
     assert export.onnx.stat().st_size < fp32_size * 0.4
     graph = onnx.load(str(export.onnx)).graph
     codes = Counter(t.data_type for t in graph.initializer if t.name.endswith(".codes"))
-    assert codes == {TensorProto.INT8: LINEARS // 2, TensorProto.UINT4: LINEARS // 2}
+    assert codes == {TensorProto.INT8: LINEARS // 2 + 1, TensorProto.UINT4: LINEARS // 2}  # + the embedding
     float_matrices = [t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2
                       and not t.name.endswith(".scale")]
-    assert float_matrices == ["lm_head.weight"]  # the tied embedding, stored once
+    assert float_matrices == []  # the tied embedding / head is stored once, as int8 codes
     expected, _ = TorchDecoder(model).forward(PROMPT, DecoderState())
     for runtime in RUNTIMES:
         decoder = open_decoder(path_for(export, runtime), runtime)
@@ -109,8 +126,8 @@ def test_weight_only_export_is_integer_and_matches_fake_quant(exports):
         assert cosine(logits, expected) >= 0.999
         assert decoder.forward(np.array([[7]]), state)[0].shape == (1, 1, 100)
         kinds = weight_precision(path_for(export, runtime), runtime)
-        # the runtime keeps every projection integer; only the tied lm_head (the embedding) is float
-        assert (kinds["int8"], kinds["int4"], kinds["float"]) == (LINEARS // 2, LINEARS // 2, 1), kinds
+        # the runtime keeps every projection integer, and the head tied to the embedding too
+        assert (kinds["int8"], kinds["int4"], kinds["float"]) == (LINEARS // 2 + 1, LINEARS // 2, 0), kinds
 
 
 def test_fp32_export_has_float_weights_and_greedy_parity(exports):

@@ -35,4 +35,5 @@ def test_smollm2_gguf_to_a_weight_int8_student_decoder(tmp_path):
     prompts = [tokenizer(text)["input_ids"] for text in ("The capital of France is", "Once upon a time")]
     parity = generation_parity(student, exported.onnx, "onnxruntime", prompts, new_tokens=8)
     assert parity["greedy_token_match"] == 1.0 and parity["prefill_logits_cosine"] > 0.999
-    assert weight_precision(exported.onnx, "onnxruntime")["int8"] == 2 * 7
+    kinds = weight_precision(exported.onnx, "onnxruntime")
+    assert (kinds["int8"], kinds["float"]) == (2 * 7 + 1, 0)  # the tied 49152 x 576 head too

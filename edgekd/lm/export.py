@@ -17,6 +17,12 @@ codes + `DequantizeLinear` (opset 21): int8 per output channel (axis 1), uint4 b
 (axis 0, `block_size` = group size, uint4 zero points). ONNX Runtime 1.32 fuses both into its integer-weight
 `MatMulNBits` kernel (bits 8 and 4), and OpenVINO keeps them as i8 / u4 Constants feeding its compressed
 FullyConnected kernel: the files and the runtimes hold integer weights.
+
+A quantized embedding (INT8 per row) is stored once as int8 codes + a scale per row: the token lookup
+gathers codes and scales and multiplies them (exactly PyTorch's dequantized row), and a tied head reads the
+same codes through a Transpose + `DequantizeLinear` (axis 1), which ONNX Runtime folds and fuses into
+`MatMulNBits` (its own scale copy: the fusion takes only a scale no other node reads) and OpenVINO into an
+i8 FullyConnected.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from torch import nn
 from edgekd.errors import NOT_INPUT_ERRORS, BadInput
 from edgekd.export.exporter import quiet_export
 from edgekd.io import atomic_path
-from edgekd.lm.weight_quant import WeightOnlyLinear, dequantize, integer_weights, unwrap, weight_only_layers
+from edgekd.lm.weight_quant import (WeightOnlyEmbedding, WeightOnlyLinear, set_module, dequantize, integer_weights,
+                                     unwrap, weight_only_layers)
 
 FORMATS = ("onnx", "openvino")
 OPSET = 21  # blocked (int4) DequantizeLinear needs 21
@@ -89,7 +96,7 @@ def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: 
     onnx_path = out_dir / ONNX_NAME
     with atomic_path(onnx_path) as tmp:
         tmp.write_bytes(proto.SerializeToString())
-    xml = write_openvino(onnx_path, out_dir / OPENVINO_NAME) if "openvino" in formats else None
+    xml = write_openvino(onnx_path, out_dir / OPENVINO_NAME, proto) if "openvino" in formats else None
     return LMExport(onnx_path, xml, layers, kv_heads, head_dim, vocab)
 
 
@@ -131,7 +138,12 @@ def trace_decoder(hf: nn.Module, opset: int) -> onnx.ModelProto:
         del node.metadata_props[:]
         node.doc_string = ""
     share_tied_head(proto)
-    store_integer_weights(proto, quantized)
+    embeddings = [layer for layer in quantized if isinstance(layer, WeightOnlyEmbedding)]
+    for embedding in embeddings:
+        store_integer_embedding(proto, embedding)
+    tied = {id(e.weight) for e in embeddings}  # a tied head: stored with its embedding
+    store_integer_weights(proto, [layer for layer in quantized
+                                  if isinstance(layer, WeightOnlyLinear) and id(layer.weight) not in tied])
     return proto
 
 
@@ -161,30 +173,31 @@ def share_tied_head(proto: onnx.ModelProto) -> None:
 
 
 @contextlib.contextmanager
-def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear]]:
-    """Swap each `WeightOnlyLinear` for a plain `nn.Linear` over its dequantized weight while tracing (the graph
-    gets one float initializer per layer, rewritten to integers afterwards), then put the layers back."""
+def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear | WeightOnlyEmbedding]]:
+    """Swap each `WeightOnlyLinear` (and `WeightOnlyEmbedding`) for a plain `nn.Linear` (`nn.Embedding`) over
+    its dequantized weight while tracing (the graph gets one float initializer per layer, rewritten to integers
+    afterwards), then put the layers back."""
     layers = weight_only_layers(hf)
     plain = {}
     with torch.no_grad():
         for name, layer in layers.items():
+            weight = nn.Parameter(dequantize(*integer_weights(layer), layer.group_size))
+            if isinstance(layer, WeightOnlyEmbedding):
+                plain[name] = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
+                                           _weight=weight)
+                continue
             linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            linear.weight = nn.Parameter(dequantize(*integer_weights(layer), layer.group_size))
+            linear.weight = weight
             if layer.bias is not None:
                 linear.bias = nn.Parameter(layer.bias.detach().float().clone())
             plain[name] = linear
     try:
         for name, linear in plain.items():
-            _set_module(hf, name, linear)
+            set_module(hf, name, linear)
         yield list(layers.values())
     finally:
         for name, layer in layers.items():
-            _set_module(hf, name, layer)
-
-
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
+            set_module(hf, name, layer)
 
 
 def store_integer_weights(proto: onnx.ModelProto, layers: list[WeightOnlyLinear]) -> None:
@@ -218,6 +231,49 @@ def store_integer_weights(proto: onnx.ModelProto, layers: list[WeightOnlyLinear]
     if missing:  # the exporter changed how it lays out a linear's weight: never ship a half-integer file silently
         raise RuntimeError(f"{len(missing)} of {len(layers)} quantized layers have no MatMul weight in the traced "
                            "graph equal to their dequantized weight")
+
+
+def store_integer_embedding(proto: onnx.ModelProto, embedding: WeightOnlyEmbedding) -> None:
+    """Replace the float embedding matrix (read by the token Gather and, where the head is tied, by the head's
+    Transpose from `share_tied_head`) by int8 codes [vocab, d] and a scale per row, read by both."""
+    codes, scale, _ = (t.numpy() if t is not None else None for t in integer_weights(embedding))
+    digest = _digest(dequantize(*integer_weights(embedding), embedding.group_size).numpy())
+    graph = proto.graph
+    name = next((t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2
+                 and _digest(numpy_helper.to_array(t)) == digest), None)
+    readers = [n for n in graph.node if name in n.input]
+    if name is None or not readers or any(n.op_type not in ("Gather", "Transpose") or n.input[0] != name
+                                          for n in readers):
+        raise RuntimeError("the quantized embedding has no float matrix in the traced graph read only by Gather and "
+                           "the tied head's Transpose: the exporter changed how it lays the embedding out")
+    graph.initializer.remove(next(t for t in graph.initializer if t.name == name))
+    graph.initializer.extend([numpy_helper.from_array(codes, f"{name}.codes"),
+                              numpy_helper.from_array(scale, f"{name}.scale"),
+                              numpy_helper.from_array(scale.copy(), f"{name}.head_scale"),
+                              numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}.last_axis")])
+    rewritten = []
+    for node in graph.node:
+        if node not in readers:
+            rewritten.append(node)
+            continue
+        out, stem = node.output[0], node.name or node.output[0]
+        if node.op_type == "Gather":  # rows of codes x their scales: the dequantized rows, computed per token
+            ids = node.input[1]
+            rewritten += [
+                helper.make_node("Gather", [f"{name}.codes", ids], [f"{stem}.codes"], name=f"{stem}.codes"),
+                helper.make_node("Cast", [f"{stem}.codes"], [f"{stem}.float"], to=TensorProto.FLOAT,
+                                 name=f"{stem}.cast"),
+                helper.make_node("Gather", [f"{name}.scale", ids], [f"{stem}.scale"], name=f"{stem}.scale"),
+                helper.make_node("Unsqueeze", [f"{stem}.scale", f"{name}.last_axis"], [f"{stem}.scale_col"],
+                                 name=f"{stem}.unsqueeze"),
+                helper.make_node("Mul", [f"{stem}.float", f"{stem}.scale_col"], [out], name=f"{stem}.dequantize")]
+        else:  # the tied head: [d, vocab] int8 codes, one scale per output column
+            rewritten += [
+                helper.make_node("Transpose", [f"{name}.codes"], [f"{stem}.codes"], perm=[1, 0], name=stem),
+                helper.make_node("DequantizeLinear", [f"{stem}.codes", f"{name}.head_scale"], [out], axis=1,
+                                 name=f"{stem}.dequantize")]
+    del graph.node[:]
+    graph.node.extend(rewritten)
 
 
 def _digest(array: np.ndarray) -> bytes:
@@ -267,18 +323,49 @@ def rename_io(proto: onnx.ModelProto, layers: int, kv_heads: int, head_dim: int)
         node.output[:] = [renames.get(n, n) for n in node.output]
 
 
-def write_openvino(onnx_path: Path, xml: Path) -> Path:
-    """OpenVINO IR of the ONNX graph, weights kept as they are (`compress_to_fp16=False`: the default would
-    turn the float weights to FP16). The .bin is in place before the .xml that names it."""
+def openvino_head_layout(proto: onnx.ModelProto) -> bool:
+    """Rewrite a tied INT8 head (Transpose of the embedding codes, then `DequantizeLinear` axis 1: what ONNX Runtime
+    fuses) as `DequantizeLinear` axis 0 on the codes, then Transpose: the order OpenVINO's compressed
+    FullyConnected recognises (with the Transpose first it folds the head to a float matrix). True if rewritten."""
+    graph = proto.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name for t in graph.initializer}
+    rewritten = False
+    for node in list(graph.node):
+        source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is None or source.op_type != "Transpose" or source.input[0] not in initializers:
+            continue
+        position = list(graph.node).index(source)
+        graph.node.remove(source)
+        graph.node.remove(node)
+        graph.node.insert(position, helper.make_node("DequantizeLinear", [source.input[0], node.input[1]],
+                                                     [f"{node.output[0]}.rows"], axis=0, name=node.name))
+        graph.node.insert(position + 1, helper.make_node("Transpose", [f"{node.output[0]}.rows"], [node.output[0]],
+                                                         perm=[1, 0], name=source.name))
+        rewritten = True
+    return rewritten
+
+
+def write_openvino(onnx_path: Path, xml: Path, proto: onnx.ModelProto | None = None) -> Path:
+    """OpenVINO IR of the ONNX graph (`proto`, the graph at `onnx_path`, where given: a tied INT8 head is laid out
+    for OpenVINO first), weights kept as they are (`compress_to_fp16=False`: the default would turn the float
+    weights to FP16). The .bin is in place before the .xml that names it."""
     import openvino as ov
 
-    try:
-        converted = ov.convert_model(str(onnx_path))
-    except NOT_INPUT_ERRORS:
-        raise
-    except Exception as err:
-        raise BadInput(f"{onnx_path}: OpenVINO cannot convert the graph: {str(err).splitlines()[0]}") from err
     with tempfile.TemporaryDirectory(prefix=".openvino-", dir=xml.parent) as staging:
+        source = onnx_path
+        if proto is not None:
+            laid_out = onnx.ModelProto()
+            laid_out.CopyFrom(proto)
+            if openvino_head_layout(laid_out):
+                source = Path(staging) / onnx_path.name
+                source.write_bytes(laid_out.SerializeToString())
+        try:
+            converted = ov.convert_model(str(source))
+        except NOT_INPUT_ERRORS:
+            raise
+        except Exception as err:
+            raise BadInput(f"{onnx_path}: OpenVINO cannot convert the graph: {str(err).splitlines()[0]}") from err
         staged = Path(staging) / xml.name
         ov.save_model(converted, str(staged), compress_to_fp16=False)
         for produced, final in ((staged.with_suffix(".bin"), xml.with_suffix(".bin")), (staged, xml)):

@@ -2,11 +2,12 @@
 
 A decoder spends its time streaming weights, not multiplying activations, so storing the weights as
 integers (and dequantizing them on the fly in the kernel) is what makes it faster on a CPU; activations stay
-float. Every `nn.Linear` of the decoder layers is converted; the embedding and a tied `lm_head` are not:
-they are one matrix, read by a gather (the embedding) that no runtime runs on integer codes, and
-compressing the head alone would need a second copy of it. That leaves them float: on SmolLM2-135M the
-49152 x 576 matrix is 113 MB, 21% of the 538 MB FP32 model but 51% of its 220 MB INT8 and 65% of its
-174 MB INT4 (group 64) weights. An untied head can be included (`include_lm_head=True`).
+float. Every `nn.Linear` of the decoder layers is converted, and so is the input embedding: INT8 per row
+(per token), which is also per output channel of a tied `lm_head`, so one integer matrix serves both the
+gather and the head (the exporter stores it once). On SmolLM2-135M that 49152 x 576 matrix is 113 MB in
+FP32, 51% of the 220 MB the model's weights took in INT8 with it left float (65% at INT4, group 64); it
+stays INT8 per row at `bits=4` too, since a gather reads whole rows. An untied head can be included
+(`include_lm_head=True`); `include_embedding=False` keeps the embedding (and a tied head) float.
 
 Grids, chosen so that ONNX Runtime 1.32 and OpenVINO both run them with integer-compressed weights:
 - INT8: symmetric int8 per output channel (scale = max|w| / 127, no zero point): `DequantizeLinear`
@@ -60,15 +61,43 @@ class WeightOnlyLinear(nn.Linear):
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the runtime will compute with it (dequantized codes), with a straight-through gradient."""
-        weight = self.weight
-        return weight + (dequantize(*quantize(weight.detach(), self.bits, self.group_size), self.group_size)
-                         .to(weight.dtype) - weight.detach())
+        return _straight_through(self.weight, self.bits, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.quantized_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bits={self.bits}, group_size={self.group_size}"
+
+
+def _straight_through(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """`weight` rounded to the integer grid in the forward, its own gradient in the backward."""
+    return weight + (dequantize(*quantize(weight.detach(), bits, group_size), group_size).to(weight.dtype)
+                     - weight.detach())
+
+
+class WeightOnlyEmbedding(nn.Embedding):
+    """An `nn.Embedding` that looks rows up in its weight rounded to INT8 per row (straight-through gradient):
+    the grid of a tied head's output channels, so the two uses of the matrix see the same numbers."""
+
+    bits = 8
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> "WeightOnlyEmbedding":
+        layer = cls(embedding.num_embeddings, embedding.embedding_dim, padding_idx=embedding.padding_idx,
+                    device=embedding.weight.device, dtype=embedding.weight.dtype)
+        layer.weight = embedding.weight  # the same Parameter: a tied lm_head keeps reading it
+        return layer
+
+    @property
+    def group_size(self) -> int:
+        return self.embedding_dim
+
+    def quantized_weight(self) -> torch.Tensor:
+        return _straight_through(self.weight, self.bits, self.group_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.quantized_weight(), self.padding_idx)
 
 
 def quantize(weight: torch.Tensor, bits: int,
@@ -99,32 +128,64 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tenso
 
 
 @torch.no_grad()
-def integer_weights(layer: WeightOnlyLinear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def integer_weights(layer: WeightOnlyLinear | WeightOnlyEmbedding) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor | None]:
     """(codes, scales, zero_points) of `layer`'s weight, as the exporter stores them: int8 codes [out, in] and
     scales [out] for bits 8 (no zero point); uint4 values in uint8 [out, in], scales and zero points
     [out, in / group_size] for bits 4."""
     return quantize(layer.weight.detach(), layer.bits, layer.group_size)
 
 
+def _tied_head(hf: nn.Module) -> nn.Module | None:
+    """The output head where it shares its weight with the input embedding, else None."""
+    if not (hasattr(hf, "get_output_embeddings") and hasattr(hf, "get_input_embeddings")):
+        return None  # a part of a model (e.g. its layers)
+    head, embedding = hf.get_output_embeddings(), hf.get_input_embeddings()
+    return head if head is not None and embedding is not None and head.weight is embedding.weight else None
+
+
 def quantizable_linears(model: nn.Module, *, include_lm_head: bool = False) -> dict[str, nn.Linear]:
-    """The `nn.Linear`s `quantize_weights` converts, by module name: all but the output head, unless asked."""
+    """The `nn.Linear`s `quantize_weights` converts, by module name: all but the output head, unless asked
+    (a tied head comes with the embedding instead)."""
     hf = unwrap(model)
     head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    if include_lm_head and head is not None and head.weight is hf.get_input_embeddings().weight:
-        raise BadInput("include_lm_head: the model's lm_head is tied to its input embedding; quantizing it would "
-                       "need a second, integer copy of that matrix (leave include_lm_head off for tied models)")
+    if include_lm_head and head is not None and head is _tied_head(hf):
+        raise BadInput("include_lm_head: the model's lm_head is tied to its input embedding, which quantizes it "
+                       "(INT8 per row, one matrix for both); leave include_lm_head off for tied models")
     return {name: module for name, module in hf.named_modules()
             if isinstance(module, nn.Linear) and not isinstance(module, WeightOnlyLinear)
             and (include_lm_head or module is not head)}
 
 
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def _quantize_embedding(hf: nn.Module) -> tuple[int, int]:
+    """Convert the input embedding (and a tied head, the same matrix per output channel) to INT8 per row in
+    place; (bytes in fp32, bytes as stored: int8 codes + an fp32 scale per row), (0, 0) where there is none."""
+    if not hasattr(hf, "get_input_embeddings"):
+        return 0, 0
+    embedding, head = hf.get_input_embeddings(), _tied_head(hf)
+    if not isinstance(embedding, nn.Embedding) or isinstance(embedding, WeightOnlyEmbedding):
+        return 0, 0
+    names = {id(m): name for name, m in hf.named_modules()}
+    set_module(hf, names[id(embedding)], WeightOnlyEmbedding.from_embedding(embedding))
+    if head is not None:
+        set_module(hf, names[id(head)], WeightOnlyLinear.from_linear(head, bits=8, group_size=head.in_features))
+    rows, width = embedding.weight.shape
+    return rows * width * 4, rows * width + rows * 4
+
+
 def quantize_weights(model: nn.Module, *, bits: int = 8, group_size: int = 128,
-                     include_lm_head: bool = False) -> dict:
-    """Convert the decoder's `nn.Linear`s to `WeightOnlyLinear` in place (PTQ: round-to-nearest from now on;
-    train afterwards for QAT). `model` may also be a part of one (e.g. `hf.model.layers[20:]` at 4 bits, then
-    the whole model at 8: already converted layers are left as they are). Returns {layers, bits, group_size,
-    bytes_before, bytes_after}: the fp32 size of the converted weights and their size as the exporter stores
-    them (codes + fp32 scales + uint4 zero points)."""
+                     include_lm_head: bool = False, include_embedding: bool = True) -> dict:
+    """Convert the decoder's `nn.Linear`s to `WeightOnlyLinear` (and the input embedding, with a tied head, to
+    INT8 per row) in place (PTQ: round-to-nearest from now on; train afterwards for QAT). `model` may also be a
+    part of one (e.g. `hf.model.layers[20:]` at 4 bits, then the whole model at 8: already converted layers
+    are left as they are). Returns {layers, bits, group_size, embedding, bytes_before, bytes_after}: the fp32
+    size of the converted weights and their size as the exporter stores them (codes + fp32 scales + uint4
+    zero points)."""
     if bits not in BITS:
         raise BadInput(f"bits: weight-only quantization supports {BITS[0]} or {BITS[1]} bits, got {bits!r}")
     if bits == 4 and group_size not in GROUP_SIZES:
@@ -137,19 +198,19 @@ def quantize_weights(model: nn.Module, *, bits: int = 8, group_size: int = 128,
                 fits = [g for g in GROUP_SIZES if linear.in_features % g == 0]
                 raise BadInput(f"group_size: {name} has {linear.in_features} input features, not a multiple of "
                                f"{group_size} (group sizes that divide it: {fits or 'none'})")
-    before = after = 0
+    before, after = _quantize_embedding(hf) if include_embedding else (0, 0)
+    embedding = bool(before)
     for name, linear in linears.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = hf.get_submodule(parent_name) if parent_name else hf
-        setattr(parent, child, WeightOnlyLinear.from_linear(linear, bits=bits, group_size=group_size))
+        set_module(hf, name, WeightOnlyLinear.from_linear(linear, bits=bits, group_size=group_size))
         out_features, in_features = linear.weight.shape
         groups = out_features * (1 if bits == 8 else in_features // group_size)
         before += linear.weight.numel() * 4
         after += linear.weight.numel() * bits // 8 + groups * 4 + (groups + 1) // 2 * (bits == 4)
     return {"layers": len(linears), "bits": bits, "group_size": group_size if bits == 4 else None,
-            "bytes_before": before, "bytes_after": after}
+            "embedding": "int8 per row" if embedding else None, "bytes_before": before, "bytes_after": after}
 
 
-def weight_only_layers(model: nn.Module) -> dict[str, WeightOnlyLinear]:
-    """The converted layers of `model`, by module name (of the Hugging Face model)."""
-    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, WeightOnlyLinear)}
+def weight_only_layers(model: nn.Module) -> dict[str, WeightOnlyLinear | WeightOnlyEmbedding]:
+    """The converted layers of `model` (linears and the embedding), by module name (of the Hugging Face model)."""
+    return {name: m for name, m in unwrap(model).named_modules()
+            if isinstance(m, (WeightOnlyLinear, WeightOnlyEmbedding))}
