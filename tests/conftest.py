@@ -1,6 +1,10 @@
 """Shared test settings: small thread counts so the suite behaves on a 2-core machine."""
 
+import contextlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,3 +36,17 @@ def _fortunes_installed() -> bool:
 # runs as root (.ci/system-deps); elsewhere these skip and say why.
 needs_fortunes = pytest.mark.skipif(not _fortunes_installed(),
                                     reason="Debian's fortunes package is not installed (make test installs it as root)")
+
+
+@contextlib.contextmanager
+def benchmark_script(name: str):
+    """benchmarks/NAME.py loaded as a module (registered while in use: dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)

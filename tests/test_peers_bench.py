@@ -3,26 +3,15 @@ the peers share with edgekd's quantizer (pure logic, no training, no runtimes)."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-PEERS_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location("peers_bench", PEERS_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("peers") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _entry(p50: float, metric: float) -> dict:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "qat_vs_ptq.py"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("qat_vs_ptq_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("qat_vs_ptq") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _rows(fp32, ptq_edgekd, ptq_ort, no_kd: list, kd: list) -> dict:
