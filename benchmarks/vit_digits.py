@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # `vit_digits:teacher_factory` mus
 from edgekd.bench import ROUNDS, clearly_faster, predict, time_interleaved  # noqa: E402
 from edgekd.host import detect_host, isa_summary  # noqa: E402
 from edgekd.io import write_json  # noqa: E402
+from edgekd.models import ViT  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = "x86-cpu-onnxruntime"
@@ -69,30 +70,6 @@ ROWS = {  # key -> label, in table order
     "student-kd-qat-int8": "edgekd student INT8 (QAT+KD)",
 }
 EXTRA = {"teacher-int8-ptq": "(extra) teacher INT8, edgekd PTQ, every layer INT8"}  # the pipeline's own ablation row
-
-
-class ViT(nn.Module):
-    """A ViT classifier of PyTorch's standard layers: patch conv, cls token, positions, nn.TransformerEncoder."""
-
-    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 4, ffn: int = 256, patch: int = 4,
-                 size: int = 16, classes: int = 10, channels: int = 1):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        for block in self.encoder.layers:  # the encoder deep-copies one layer: give each its own initial weights
-            block.self_attn._reset_parameters()
-            for linear in (block.self_attn.out_proj, block.linear1, block.linear2):
-                linear.reset_parameters()
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, x):
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.encoder(x)[:, 0]))
 
 
 def teacher_factory(**kwargs) -> nn.Module:

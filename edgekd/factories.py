@@ -50,6 +50,18 @@ class _MobileNetArgs(_Args):
     num_classes: int = Field(default=10, ge=1, le=100_000)
 
 
+class _ViTArgs(_Args):
+    # Bounds: ViT-B is 768 wide, 12 heads, 12 layers, 3072 FFN at 224 px; these allow that and no more.
+    dim: int = Field(default=64, ge=1, le=1024)
+    heads: int = Field(default=4, ge=1, le=64)
+    layers: int = Field(default=4, ge=1, le=32)
+    ffn: int = Field(default=256, ge=1, le=4096)
+    patch: int = Field(default=4, ge=1, le=64)
+    size: int = Field(default=16, ge=1, le=512)
+    classes: int = Field(default=10, ge=1, le=100_000)
+    channels: int = Field(default=1, ge=1, le=64)
+
+
 class _SentenceEncoderArgs(_Args):
     path: str
     attn_implementation: Literal["eager", "sdpa"] = "eager"
@@ -59,6 +71,7 @@ class _SentenceEncoderArgs(_Args):
 BUILTIN_FACTORIES: dict[str, type[_Args]] = {
     "edgekd.models:resnet": _ResNetArgs,
     "edgekd.models:mobilenet": _MobileNetArgs,
+    "edgekd.models:vit": _ViTArgs,
     "edgekd.hf:sentence_encoder": _SentenceEncoderArgs,
 }
 

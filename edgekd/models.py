@@ -1,8 +1,9 @@
 """Built-in model families and the resolver for user model references.
 
 The built-ins are real architectures at edge scale: a ResNet-style CNN (residual adds, batch
-norm) and a MobileNetV2-style CNN (depthwise convs, inverted residuals, squeeze-excite, a
-concat), sized by `width` so one family gives both teacher and student.
+norm), a MobileNetV2-style CNN (depthwise convs, inverted residuals, squeeze-excite, a
+concat), sized by `width` so one family gives both teacher and student, and a ViT made of PyTorch's
+own `nn.TransformerEncoder` (the layers torchvision's ViTs and many user models are built from).
 """
 
 from __future__ import annotations
@@ -121,6 +122,38 @@ def resnet(width: int = 32, blocks: tuple[int, ...] = (1, 1, 1), in_channels: in
 
 def mobilenet(width: int = 16, in_channels: int = 1, num_classes: int = 10) -> MobileNet:
     return MobileNet(width=width, in_channels=in_channels, num_classes=num_classes)
+
+
+class ViT(nn.Module):
+    """A ViT classifier of PyTorch's standard layers: patch conv, cls token, positions, nn.TransformerEncoder.
+    `nested_tensor` is the encoder's own fast-path flag (PyTorch's default True), kept so both paths can be
+    tested; the attention swap (edgekd.nn_swap) replaces the fast path either way."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 4, ffn: int = 256, patch: int = 4,
+                 size: int = 16, classes: int = 10, channels: int = 1, nested_tensor: bool = False):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=nested_tensor)
+        for block in self.encoder.layers:  # the encoder deep-copies one layer: give each its own initial weights
+            block.self_attn._reset_parameters()
+            for linear in (block.self_attn.out_proj, block.linear1, block.linear2):
+                linear.reset_parameters()
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.encoder(x)[:, 0]))
+
+
+def vit(dim: int = 64, heads: int = 4, layers: int = 4, ffn: int = 256, patch: int = 4, size: int = 16,
+        classes: int = 10, channels: int = 1) -> ViT:
+    return ViT(dim=dim, heads=heads, layers=layers, ffn=ffn, patch=patch, size=size, classes=classes,
+               channels=channels)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from edgekd.checkpoint import load_checkpoint, save_checkpoint
 from edgekd.data import load_data
 from edgekd.errors import BadInput
 from edgekd.export import export
-from edgekd.models import ModelRef
+from edgekd.models import ModelRef, ViT
 from edgekd.nn_swap import LinearMultiheadAttention, swap_attention
 from edgekd.prune import prune
 from edgekd.quant import QuantReport, calibrate, checkpoint_transform, prepare
@@ -25,30 +25,6 @@ from edgekd.targets import load_target
 
 X86 = load_target("x86-cpu-onnxruntime").quantization
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "qk_matmul", "av_matmul")
-
-
-class TinyViT(nn.Module):
-    """A ViT classifier of PyTorch's standard layers: patch conv, cls token, positions, nn.TransformerEncoder."""
-
-    def __init__(self, dim: int = 32, heads: int = 4, layers: int = 2, ffn: int = 64, classes: int = 10,
-                 patch: int = 4, size: int = 16):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(1, dim, patch, stride=patch)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers)
-        for block in self.encoder.layers:  # the encoder deep-copies one layer: give each its own (trained-like) weights
-            block.self_attn._reset_parameters()
-            for linear in (block.self_attn.out_proj, block.linear1, block.linear2):
-                linear.reset_parameters()
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, x):
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.encoder(x)[:, 0]))
 
 
 class AttentionPoolCNN(nn.Module):
@@ -69,7 +45,8 @@ class AttentionPoolCNN(nn.Module):
 
 
 def tiny_vit() -> nn.Module:
-    return TinyViT()
+    """A tiny ViT of PyTorch's standard layers, with the encoder's nested-tensor fast path on (its default)."""
+    return ViT(dim=32, heads=4, layers=2, ffn=64, nested_tensor=True)
 
 
 def attention_pool_cnn() -> nn.Module:

@@ -324,7 +324,18 @@ def test_builtin_factories_are_the_ones_edgekd_ships():
         assert callable(resolve_factory(ref)), ref
     assert os.environ.get("EDGEKD_TRUSTED_FACTORIES") is None
     # the demo teacher trains for minutes and its cache is itself a checkpoint: a file may not name it
-    assert set(BUILTIN_FACTORIES) == {"edgekd.models:resnet", "edgekd.models:mobilenet", "edgekd.hf:sentence_encoder"}
+    assert set(BUILTIN_FACTORIES) == {"edgekd.models:resnet", "edgekd.models:mobilenet", "edgekd.models:vit",
+                                      "edgekd.hf:sentence_encoder"}
+
+
+def test_a_checkpoint_of_the_builtin_vit_reloads_and_its_sizes_are_bounded(tmp_path):
+    ref = ModelRef("edgekd.models:vit", {"dim": 16, "heads": 2, "layers": 1, "ffn": 32})
+    save_checkpoint(tmp_path / "vit.pt", ref.build(), ref=ref)
+    assert model_sha256(load_checkpoint(tmp_path / "vit.pt").model) == model_sha256(
+        load_checkpoint(tmp_path / "vit.pt").model)
+    path = write_payload(tmp_path / "huge.pt", factory="edgekd.models:vit", kwargs={"dim": 10**6})
+    with pytest.raises(BadInput, match="dim"):
+        load_checkpoint(path)
 
 
 def test_a_file_naming_the_demo_teacher_is_refused_but_the_user_may_name_it(tmp_path, monkeypatch):
