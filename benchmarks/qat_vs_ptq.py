@@ -139,8 +139,8 @@ def run_workload(w: Workload, s: dict, data, seed: int, work: Path) -> dict:
         rows[label] = {"accuracy": statistics.mean(r["accuracy"] for r in runs),
                        "agreement": statistics.mean(r["agreement"] for r in runs), "runs": runs}
     for name, row in rows.items():
-        spread = (f" (seeds {min(r['accuracy'] for r in row['runs']):.4f}-{max(r['accuracy'] for r in row['runs']):.4f})"
-                  if "runs" in row else "")
+        accuracies = [r["accuracy"] for r in row.get("runs", ())]
+        spread = f" (seeds {min(accuracies):.4f}-{max(accuracies):.4f})" if accuracies else ""
         print(f"   {name:<11} accuracy {row['accuracy']:.4f}{spread}  agreement {row['agreement']:.4f}")
     return {"title": w.title, "teacher": {"factory": w.teacher.factory, "kwargs": w.teacher.kwargs},
             "target": w.target, "scheme": base.scheme.model_dump(), "weight_bits": w.weight_bits,

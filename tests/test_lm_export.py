@@ -12,7 +12,8 @@ import torch
 from onnx import TensorProto, helper
 
 from edgekd.errors import BadInput
-from edgekd.lm.export import export_lm
+from edgekd.lm import export as lm_export
+from edgekd.lm.export import TraceCache, export_lm
 from edgekd.lm.parity import GREEDY_MATCH_MIN, generation_parity
 from edgekd.lm.tiny import tiny_causal_lm
 from edgekd.lm.torch_decoder import TorchDecoder
@@ -34,16 +35,52 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def trained_like(seed: int = 0):
+    """The tiny Llama with its norm weights moved off 1.0, as training moves them: a fresh model's are all equal,
+    and the exporter then stores one constant for all of them (which TraceCache refuses to refill)."""
+    model = tiny_causal_lm(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """An FP32 export and a weight-only one (layers 0-1 INT8 per channel, layers 2-3 INT4 group 32: both
-    integer layouts from one trace, an export costs ~20 s here) of the same tiny model, with their models."""
-    fp32 = tiny_causal_lm()
-    quantized = tiny_causal_lm()
+    integer layouts) of the same tiny model, with their models; one trace (~20 s here) serves both, through
+    the TraceCache a run's exports share, so the weight-only tests check a refilled graph."""
+    fp32 = trained_like()
+    quantized = trained_like()
     quantize_weights(quantized.model.layers[2:], bits=4, group_size=32)
     quantize_weights(quantized, bits=8)
-    return {"fp32": (fp32, export_lm(fp32, tmp_path_factory.mktemp("fp32"))),
-            "int": (quantized, export_lm(quantized, tmp_path_factory.mktemp("int")))}
+    traced = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lm_export, "_trace", lambda *args, real=lm_export._trace: traced.append(1) or real(*args))
+        traces = TraceCache()
+        made = {"fp32": (fp32, export_lm(fp32, tmp_path_factory.mktemp("fp32"), traces=traces)),
+                "int": (quantized, export_lm(quantized, tmp_path_factory.mktemp("int"), traces=traces))}
+    assert len(traced) == 1
+    return made
+
+
+def test_a_graph_whose_constant_stands_for_two_weights_is_not_refilled():
+    """Two weights with equal values that the exporter stored as one constant: refilling it with one of them
+    would feed that to both layers, so the graph is not reused (the next model is traced)."""
+    ones = np.ones(4, dtype=np.float32)
+    nodes = [helper.make_node("Mul", ["x", "a.weight"], ["y"]), helper.make_node("Mul", ["y", "a.weight"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+                              [onnx.numpy_helper.from_array(ones, "a.weight")])
+    proto = helper.make_model(graph)
+    both = {"a.weight": ones, "b.weight": ones.copy()}
+    assert lm_export._weight_sources(proto, both, {"a.weight", "b.weight"}) is None
+    assert lm_export._weight_sources(proto, {"a.weight": ones}, {"a.weight"}) == {"a.weight": ("a.weight", False)}
+    big = onnx.numpy_helper.from_array(np.arange(lm_export.SMALL_CONSTANT + 1, dtype=np.float32), "folded")
+    proto.graph.initializer.append(big)  # a large constant that is no weight: something the exporter derived
+    assert lm_export._weight_sources(proto, {"a.weight": ones}, {"a.weight"}) is None
 
 
 def test_export_writes_the_decoder_interface(exports):

@@ -75,9 +75,11 @@ def cache_geometry(hf: nn.Module) -> tuple[int, int, int, int]:
     return int(config.num_hidden_layers), kv_heads, head_dim, int(config.vocab_size)
 
 
-def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: int = OPSET) -> LMExport:
+def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: int = OPSET,
+              traces: TraceCache | None = None) -> LMExport:
     """Write `out_dir/model.onnx` (and `out_dir/openvino_model.xml` + `.bin` when "openvino" is in `formats`).
-    Each file appears whole or not at all; nothing outside `out_dir` is written."""
+    Each file appears whole or not at all; nothing outside `out_dir` is written. `traces`: one `TraceCache` over
+    a run's exports, so models of one architecture are traced once."""
     formats = tuple(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or "onnx" not in formats:
@@ -88,7 +90,7 @@ def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: 
     layers, kv_heads, head_dim, vocab = cache_geometry(hf)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    proto = trace_decoder(hf, opset)
+    proto = trace_decoder(hf, opset, traces)
     rename_io(proto, layers, kv_heads, head_dim)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise BadInput(f"{out_dir / ONNX_NAME}: the graph is {proto.ByteSize() / 1e9:.1f} GB, over ONNX's 2 GB "
@@ -100,8 +102,133 @@ def export_lm(model: nn.Module, out_dir: str | Path, *, formats=FORMATS, opset: 
     return LMExport(onnx_path, xml, layers, kv_heads, head_dim, vocab)
 
 
-def trace_decoder(hf: nn.Module, opset: int) -> onnx.ModelProto:
-    """The decoder graph as traced by transformers' exporter, with quantized weights stored as integers."""
+# A float constant in the traced graph equal to no weight of the model may stay as traced in a reused graph only
+# up to this many values: the rotary frequencies (head_dim / 2), masks' fill values and scalars.
+SMALL_CONSTANT = 256
+
+
+class TraceCache:
+    """The last traced decoder graph (before its integers are stored), reused for the next model of the same
+    architecture: the traced graph of a weight-only quantized model is that of its float self (its layers are
+    traced as plain ones over the dequantized weights), and a run's variants come in pairs and triples of one
+    architecture (teacher FP32 and INT8; student without KD, with KD, quantized), so 5 traces become 2. A trace
+    costs ~15 s on the 4-layer test model and minutes on SmolLM2-135M; re-filling the weights, ~1 s.
+
+    Reuse is refused (and the model traced) unless every float initializer of the graph is a weight of the model
+    (by name, or by value, transposed or not, with no two different weights alike) or a constant of at most
+    SMALL_CONSTANT values, and every parameter of the model feeds one: what the graph holds is then exactly
+    the weights, wherever the exporter put them. The export gate checks each variant against PyTorch anyway."""
+
+    def __init__(self):
+        self._key: str | None = None
+        self._proto: onnx.ModelProto | None = None
+        self._sources: dict[str, tuple[str, bool]] = {}  # initializer -> (state_dict key, transposed)
+
+    @staticmethod
+    def key(hf: nn.Module, opset: int) -> str:
+        return f"{opset}:{hf.config.to_json_string(use_diff=False)}"
+
+    def reuse(self, hf: nn.Module, opset: int, weights: dict[str, np.ndarray]) -> onnx.ModelProto | None:
+        """The remembered graph with `weights` (those of `hf`, dequantized) in place, or None."""
+        if self._proto is None or self._key != self.key(hf, opset):
+            return None
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
+        for tensor in proto.graph.initializer:
+            source = self._sources.get(tensor.name)
+            if source is None:
+                continue
+            name, transposed = source
+            value = weights.get(name)
+            value = None if value is None else value.T if transposed else value
+            if value is None or value.shape != tuple(tensor.dims):
+                return None
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), tensor.name))
+        return proto
+
+    def remember(self, hf: nn.Module, opset: int, proto: onnx.ModelProto, weights: dict[str, np.ndarray],
+                 parameters: set[str]) -> None:
+        """Keep `proto` (a copy) for the next model like `hf`, where its initializers map onto `weights`."""
+        sources = _weight_sources(proto, weights, parameters)
+        self._key, self._proto, self._sources = None, None, {}
+        if sources is not None:
+            self._key, self._sources = self.key(hf, opset), sources
+            self._proto = onnx.ModelProto()
+            self._proto.CopyFrom(proto)
+
+
+def _weight_sources(proto: onnx.ModelProto, weights: dict[str, np.ndarray],
+                    parameters: set[str]) -> dict[str, tuple[str, bool]] | None:
+    """Initializer name -> (weight name, transposed) for every float initializer that is a weight; None where the
+    graph holds a larger float constant that is none, two different weights alike, or leaves a parameter out."""
+    by_value: dict[bytes, list[tuple[str, bool]]] = {}
+    for name, value in weights.items():
+        by_value.setdefault(_digest(value), []).append((name, False))
+        if value.ndim == 2:
+            by_value.setdefault(_digest(value.T), []).append((name, True))
+    sources, fed = {}, set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        value = numpy_helper.to_array(tensor)
+        if tensor.name in weights and weights[tensor.name].shape == value.shape \
+                and np.array_equal(weights[tensor.name], value):
+            found = [(tensor.name, False)]
+        else:
+            found = by_value.get(_digest(value), [])
+        if not found:
+            if value.size > SMALL_CONSTANT:
+                return None
+            continue
+        if len(found) > 1 and not _one_tensor(found, weights):
+            return None  # two weights with equal values: which one this is cannot be told
+        sources[tensor.name] = found[0]
+        fed.update(name for name, _ in found)
+    return sources if parameters <= fed else None
+
+
+def _one_tensor(found: list[tuple[str, bool]], weights: dict[str, np.ndarray]) -> bool:
+    """The candidates are one stored tensor under several names (a tied weight), read one way, not equal values
+    by chance."""
+    return len({(weights[name].__array_interface__["data"][0], transposed) for name, transposed in found}) == 1
+
+
+def float_weights(hf: nn.Module) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The model's float state as numpy views (tied weights share memory, as in the model), and the names of its
+    parameters (those the graph must hold)."""
+    weights = {name: t.detach().numpy() for name, t in hf.state_dict(keep_vars=True).items()
+               if t.dtype == torch.float32}
+    parameters = {name for name, _ in hf.named_parameters(remove_duplicate=False)}
+    return weights, parameters
+
+
+def trace_decoder(hf: nn.Module, opset: int, traces: TraceCache | None = None) -> onnx.ModelProto:
+    """The decoder graph as traced by transformers' exporter (or `traces`' last graph of this architecture with
+    this model's weights), with quantized weights stored as integers."""
+    was_training = hf.training
+    hf.eval()
+    try:
+        with dequantized_linears(hf) as quantized:
+            weights, parameters = float_weights(hf)
+            proto = traces.reuse(hf, opset, weights) if traces is not None else None
+            if proto is None:
+                proto = _trace(hf, opset)
+                if traces is not None:
+                    traces.remember(hf, opset, proto, weights, parameters)
+    finally:
+        hf.train(was_training)
+    share_tied_head(proto)
+    embeddings = [layer for layer in quantized if isinstance(layer, WeightOnlyEmbedding)]
+    for embedding in embeddings:
+        store_integer_embedding(proto, embedding)
+    tied = {id(e.weight) for e in embeddings}  # a tied head: stored with its embedding
+    store_integer_weights(proto, [layer for layer in quantized
+                                  if isinstance(layer, WeightOnlyLinear) and id(layer.weight) not in tied])
+    return proto
+
+
+def _trace(hf: nn.Module, opset: int) -> onnx.ModelProto:
+    """transformers' exporter on a small cache-carrying example, serialized without torch's per-node traces."""
     from transformers import DynamicCache
     from transformers.exporters import OnnxConfig, OnnxExporter
 
@@ -118,32 +245,20 @@ def trace_decoder(hf: nn.Module, opset: int) -> onnx.ModelProto:
         "past_key_values": DynamicCache(past, config=config),
         "use_cache": True,
     }
-    was_training = hf.training
-    hf.eval()
     try:
-        with dequantized_linears(hf) as quantized:
-            with quiet_export():
-                program = OnnxExporter().export(hf, sample, OnnxConfig(dynamic=True, opset_version=opset)).program
+        with quiet_export():
+            program = OnnxExporter().export(hf, sample, OnnxConfig(dynamic=True, opset_version=opset)).program
     except NOT_INPUT_ERRORS:
         raise
     except Exception as err:  # torch.export / onnxscript raise many types; name the model, keep the cause
         raise BadInput(f"{type(hf).__name__}: transformers' ONNX exporter cannot trace this model with a KV "
                        f"cache: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
-    finally:
-        hf.train(was_training)
     import onnx_ir
 
     proto = onnx_ir.serde.serialize_model(program)
     for node in proto.graph.node:  # torch's per-node stack traces: half the file of a small model
         del node.metadata_props[:]
         node.doc_string = ""
-    share_tied_head(proto)
-    embeddings = [layer for layer in quantized if isinstance(layer, WeightOnlyEmbedding)]
-    for embedding in embeddings:
-        store_integer_embedding(proto, embedding)
-    tied = {id(e.weight) for e in embeddings}  # a tied head: stored with its embedding
-    store_integer_weights(proto, [layer for layer in quantized
-                                  if isinstance(layer, WeightOnlyLinear) and id(layer.weight) not in tied])
     return proto
 
 
@@ -178,10 +293,11 @@ def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear | Weigh
     its dequantized weight while tracing (the graph gets one float initializer per layer, rewritten to integers
     afterwards), then put the layers back."""
     layers = weight_only_layers(hf)
-    plain = {}
+    plain, dequantized = {}, {}  # one dequantized Parameter per stored weight: a tied head stays tied
     with torch.no_grad():
         for name, layer in layers.items():
-            weight = nn.Parameter(dequantize(*integer_weights(layer), layer.group_size))
+            weight = dequantized.setdefault(id(layer.weight), nn.Parameter(
+                dequantize(*integer_weights(layer), layer.group_size)))
             if isinstance(layer, WeightOnlyEmbedding):
                 plain[name] = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
                                            _weight=weight)

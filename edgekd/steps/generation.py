@@ -299,19 +299,19 @@ def export_variants(ctx: Context, variants: dict[str, LMVariant], parity_prompts
     """Each variant as one decoder graph with a KV cache, ONNX and OpenVINO IR, each format gated: greedy
     tokens of the parity prompts identical to PyTorch's on at least GREEDY_MATCH_MIN of them. The deployable
     failing stops the run (nothing shipped); a baseline loses only the failing format."""
-    from edgekd.lm.export import export_lm
+    from edgekd.lm.export import TraceCache, export_lm
     from edgekd.lm.parity import GREEDY_MATCH_MIN, PREFILL_COSINE_MIN, generation_parity
 
     new_tokens = min(32, max(t.generation.new_tokens for t in ctx.plan.targets))
     # an OpenVINO target runs the IR: made whenever one is in the run, whatever the recipe's formats say
     wanted = [*ctx.recipe.formats, *(["openvino"] * any(t.runtime == "openvino" for t in ctx.plan.targets))]
     formats = tuple(dict.fromkeys(wanted))
-    artifacts = {}
+    artifacts, traces = {}, TraceCache()  # one trace per architecture: the teacher's pair, the students' three
     for name, variant in variants.items():
         out_dir = ctx.run.out / "variants" / name
 
         def run_export(variant=variant, out_dir=out_dir, name=name) -> dict:
-            result = export_lm(variant.model, out_dir, formats=formats)
+            result = export_lm(variant.model, out_dir, formats=formats, traces=traces)
             files = {"onnx": result.onnx, "openvino": result.openvino_xml}
             parity, rejected, reference_tokens = {}, {}, {}
             for fmt, path in files.items():
