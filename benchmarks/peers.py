@@ -84,7 +84,7 @@ ROWS = {  # key -> label, in table order
     "ort-static-int8": "teacher INT8, ORT quantize_static",
     "nncf-int8": "teacher INT8, NNCF PTQ",
     "student-fp32": "edgekd student FP32 (KD)",
-    "student-int8": "edgekd student INT8 (KD+QAT)",
+    "student-int8": "edgekd deployable (KD+QAT; INT8 unless slower)",
 }
 CANDIDATE = "student-int8"
 PEERS = ("teacher-fp32", "ort-static-int8", "nncf-int8")
@@ -427,6 +427,12 @@ def _variant_files(run_dir: Path, report: dict, variant: str) -> tuple[Path, Pat
     return onnx_path, xml
 
 
+def _deployed_variant(report: dict, target: Target) -> str:
+    """The variant the run deploys on `target` (the INT8 student unless it measured slower than its FP32 self)."""
+    entry = next((t for t in report["targets"] if t["name"] == target.name and t.get("available")), None)
+    return entry["variant"] if entry else "student-kd-qat-int8"
+
+
 def run_cnn(workload: CnnWorkload, args, settings: Settings, targets: dict[str, Target],
             target_refs: dict[str, str]) -> tuple[dict, dict]:
     """One CNN workload: pipeline, peers, measurement, verdicts, fidelity; returns (result, context
@@ -443,7 +449,11 @@ def run_cnn(workload: CnnWorkload, args, settings: Settings, targets: dict[str, 
                                                    resume=args.resume)
     teacher_onnx, teacher_ir = _variant_files(run_dir, report, "teacher-fp32")
     student_onnx, student_ir = _variant_files(run_dir, report, "student-kd-fp32")
-    int8_onnx, int8_ir = _variant_files(run_dir, report, "student-kd-qat-int8")
+    # The candidate is what each target deploys: the QAT+KD student, or its FP32 student where the run measured
+    # the INT8 one slower there (never slower than its FP32 self).
+    deployed = {runtime: _deployed_variant(report, targets[runtime]) for runtime in RUNTIMES}
+    int8_onnx = _variant_files(run_dir, report, deployed["onnxruntime"])[0]
+    int8_ir = _variant_files(run_dir, report, deployed["openvino"])[1]
 
     calibration = calibration_subset(data.x_train, samples=recipe.quant.calibration_samples, seed=recipe.seed)
     input_name = load_artifact(teacher_onnx).inputs[0].name
@@ -454,7 +464,8 @@ def run_cnn(workload: CnnWorkload, args, settings: Settings, targets: dict[str, 
                                      weight_bits=bits, transformer=False)
     rows = [Row("teacher-fp32", teacher_onnx, teacher_ir, "edgekd compress: variants/teacher-fp32"), *peers,
             Row("student-fp32", student_onnx, student_ir, f"edgekd compress: {workload.student} + KD"),
-            Row(CANDIDATE, int8_onnx, int8_ir, "edgekd compress: the deployable (QAT+KD)")]
+            Row(CANDIDATE, int8_onnx, int8_ir, "edgekd compress: what each target deploys (QAT+KD student, or its "
+                                               "FP32 student where INT8 measured slower)")]
 
     def score(path: Path) -> dict:
         logits = predict(model=path, inputs=data.x_test)
@@ -471,6 +482,7 @@ def run_cnn(workload: CnnWorkload, args, settings: Settings, targets: dict[str, 
         "teacher": {"checkpoint": str(teacher_path), "factory": workload.teacher.factory,
                     "kwargs": workload.teacher.kwargs, "epochs": workload.teacher_epochs},
         "student": workload.student, "distill_epochs": workload.distill_epochs, "qat_epochs": workload.qat_epochs,
+        "deployed": deployed,
         "run_dir": str(run_dir), "pipeline_seconds": pipeline_s,
         "edgekd_quantization": {"weight_bits": bits, "why": bits_why, "latency_choice": choice},
         "peer_settings": peer_settings, "rows": results, "notes": quantization_notes(choice),

@@ -212,8 +212,8 @@ def benchmarks_block(results: Path = RESULTS) -> str:
 # ---- against the peers ------------------------------------------------------------------------------
 
 def _runtime_clause(workload: dict, runtime: str) -> str:
-    """What the table's own rule says on one runtime: rows dominated and not, and whether the INT8
-    student is the fastest row and no slower than edgekd's own FP32 student (the never-slower rule)."""
+    """What the table's own rule says on one runtime: rows dominated and not, and whether edgekd's deployable
+    (its INT8 student, or the FP32 one the never-slower rule chose there) is the fastest row."""
     rows = workload["rows"]
     verdicts = [v for v in workload["pareto"] if v["runtime"] == runtime and v["compared"]]
     dominated = [f'"{rows[v["peer"]]["label"]}"' for v in verdicts if v["dominates"]]
@@ -235,7 +235,11 @@ def _runtime_clause(workload: dict, runtime: str) -> str:
         parts.append(f"not the fastest row: \"{rows[fastest]['label']}\" {_ms(measured[fastest]['p50_ms'])} ms vs "
                      f"{_ms(candidate['p50_ms'])} ms")
     fp32 = measured.get("student-fp32")
-    if candidate["executed_precision"] == "fp32":  # the gate refuses an INT8 model no integer kernel runs
+    deployed = workload.get("deployed", {}).get(runtime, "student-kd-qat-int8")
+    if deployed != "student-kd-qat-int8":
+        parts.append(f"deploys {deployed} here: the run measured its INT8 student slower on this runtime (never "
+                     "slower than its FP32 self)")
+    elif candidate["executed_precision"] == "fp32":  # the gate refuses an INT8 model no integer kernel runs
         parts.append("executes fp32: edgekd kept this student float, so it is its FP32 student's model")
     else:
         if fp32 and candidate["p50_ms"] > fp32["p50_ms"]:

@@ -64,3 +64,14 @@ def test_the_statistic_is_named_and_a_best_case_labelled(tables):
 def test_the_readme_must_mark_every_block_once(tables):
     with pytest.raises(SystemExit, match="peers"):
         tables.render("<!-- results:benchmarks -->\n<!-- /results:benchmarks -->\n", tables.blocks())
+
+
+def test_a_runtime_that_deploys_the_fp32_student_says_so(tables, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(tables.RESULTS, results)
+    peers = json.loads((results / "peers.json").read_text())
+    workload = next(w for w in peers["workloads"].values() if w["status"] == "measured")
+    workload["deployed"] = {"onnxruntime": "student-kd-fp32", "openvino": "student-kd-qat-int8"}
+    (results / "peers.json").write_text(json.dumps(peers))
+    summary = " ".join(tables.blocks(results)["peers-summary"].split())
+    assert "ONNX Runtime: " in summary and "deploys student-kd-fp32 here" in summary

@@ -27,13 +27,12 @@ i8 FullyConnected.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -44,8 +43,8 @@ from torch import nn
 from edgekd.errors import NOT_INPUT_ERRORS, BadInput
 from edgekd.export.exporter import quiet_export
 from edgekd.io import atomic_path
-from edgekd.lm.weight_quant import (WeightOnlyEmbedding, WeightOnlyLinear, set_module, dequantize, integer_weights,
-                                     unwrap, weight_only_layers)
+from edgekd.lm.weight_quant import (WeightOnlyEmbedding, WeightOnlyLinear, dequantize, dequantized_linears,
+                                     integer_weights, unwrap)
 
 FORMATS = ("onnx", "openvino")
 OPSET = 21  # blocked (int4) DequantizeLinear needs 21
@@ -285,35 +284,6 @@ def share_tied_head(proto: onnx.ModelProto) -> None:
             del initializers[tensor.name]
             graph.node.insert(0, helper.make_node("Transpose", [source], [tensor.name], perm=[1, 0],
                                                   name=f"{tensor.name}.tied"))
-
-
-@contextlib.contextmanager
-def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear | WeightOnlyEmbedding]]:
-    """Swap each `WeightOnlyLinear` (and `WeightOnlyEmbedding`) for a plain `nn.Linear` (`nn.Embedding`) over
-    its dequantized weight while tracing (the graph gets one float initializer per layer, rewritten to integers
-    afterwards), then put the layers back."""
-    layers = weight_only_layers(hf)
-    plain, dequantized = {}, {}  # one dequantized Parameter per stored weight: a tied head stays tied
-    with torch.no_grad():
-        for name, layer in layers.items():
-            weight = dequantized.setdefault(id(layer.weight), nn.Parameter(
-                dequantize(*integer_weights(layer), layer.group_size)))
-            if isinstance(layer, WeightOnlyEmbedding):
-                plain[name] = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
-                                           _weight=weight)
-                continue
-            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-            linear.weight = weight
-            if layer.bias is not None:
-                linear.bias = nn.Parameter(layer.bias.detach().float().clone())
-            plain[name] = linear
-    try:
-        for name, linear in plain.items():
-            set_module(hf, name, linear)
-        yield list(layers.values())
-    finally:
-        for name, layer in layers.items():
-            set_module(hf, name, layer)
 
 
 def store_integer_weights(proto: onnx.ModelProto, layers: list[WeightOnlyLinear]) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 from edgekd.errors import BadInput
 from edgekd.lm.generate import greedy_decode, prompt_array
 from edgekd.lm.torch_decoder import TorchDecoder
+from edgekd.lm.weight_quant import dequantized_linears, unwrap
 from edgekd.runtimes.decoders import open_decoder
 
 GREEDY_MATCH_MIN = 0.95
@@ -43,6 +44,13 @@ def generation_parity(model: nn.Module, onnx_or_xml_path, runtime: str, prompts:
     one model, so PyTorch (the slow side) decodes each prompt once."""
     if not prompts or len(prompts) > MAX_PROMPTS:
         raise BadInput(f"prompts: expected 1 to {MAX_PROMPTS} prompts, got {len(prompts) if prompts else 0}")
+    with dequantized_linears(unwrap(model)):  # the same numbers, without re-rounding the weights at every token
+        return _parity(model, onnx_or_xml_path, runtime, prompts, new_tokens=new_tokens,
+                       reference_tokens=reference_tokens)
+
+
+def _parity(model: nn.Module, onnx_or_xml_path, runtime: str, prompts: list[list[int]], *, new_tokens: int,
+            reference_tokens: dict | None) -> dict:
     reference = TorchDecoder(model)
     runtime_decoder = open_decoder(onnx_or_xml_path, runtime, exact=True)
     if runtime_decoder.vocab_size != reference.vocab_size:

@@ -25,6 +25,9 @@ weights the min-max grid is already close to the MSE-optimal one.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -71,9 +74,10 @@ class WeightOnlyLinear(nn.Linear):
 
 
 def _straight_through(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """`weight` rounded to the integer grid in the forward, its own gradient in the backward."""
-    return weight + (dequantize(*quantize(weight.detach(), bits, group_size), group_size).to(weight.dtype)
-                     - weight.detach())
+    """`weight` rounded to the integer grid in the forward, its own gradient in the backward (without gradients,
+    exactly the dequantized codes the exported graph computes with: w + (d - w) can be d plus a rounding)."""
+    rounded = dequantize(*quantize(weight.detach(), bits, group_size), group_size).to(weight.dtype)
+    return weight + (rounded - weight.detach()) if torch.is_grad_enabled() else rounded
 
 
 class WeightOnlyEmbedding(nn.Embedding):
@@ -214,3 +218,33 @@ def weight_only_layers(model: nn.Module) -> dict[str, WeightOnlyLinear | WeightO
     """The converted layers of `model` (linears and the embedding), by module name (of the Hugging Face model)."""
     return {name: m for name, m in unwrap(model).named_modules()
             if isinstance(m, (WeightOnlyLinear, WeightOnlyEmbedding))}
+
+
+@contextlib.contextmanager
+def dequantized_linears(hf: nn.Module) -> Iterator[list[WeightOnlyLinear | WeightOnlyEmbedding]]:
+    """Swap each `WeightOnlyLinear` (and `WeightOnlyEmbedding`) for a plain `nn.Linear` (`nn.Embedding`) over
+    its dequantized weight for as long as the context lasts, then put the layers back: the exporter traces one
+    float initializer per layer (rewritten to integers afterwards), and the export gate's PyTorch reference
+    decodes without re-rounding every weight at every token."""
+    layers = weight_only_layers(hf)
+    plain, dequantized = {}, {}  # one dequantized Parameter per stored weight: a tied head stays tied
+    with torch.no_grad():
+        for name, layer in layers.items():
+            weight = dequantized.setdefault(id(layer.weight), nn.Parameter(
+                dequantize(*integer_weights(layer), layer.group_size)))
+            if isinstance(layer, WeightOnlyEmbedding):
+                plain[name] = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx,
+                                           _weight=weight)
+                continue
+            linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            linear.weight = weight
+            if layer.bias is not None:
+                linear.bias = nn.Parameter(layer.bias.detach().float().clone())
+            plain[name] = linear
+    try:
+        for name, linear in plain.items():
+            set_module(hf, name, linear)
+        yield list(layers.values())
+    finally:
+        for name, layer in layers.items():
+            set_module(hf, name, layer)
