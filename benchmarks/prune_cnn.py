@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import io
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgekd.data import load_data  # noqa: E402
 from edgekd.distill import LOSSES, DistillConfig, distill, evaluate  # noqa: E402
+from edgekd.host import isa_summary  # noqa: E402
 from edgekd.io import write_json  # noqa: E402
 from edgekd.models import ModelRef  # noqa: E402
 from edgekd.prune import calibration_loss, prune  # noqa: E402
@@ -174,8 +174,8 @@ def main() -> int:
         results.append(run_family(name, ref, data, args))
     print_tables(results)
     payload = {"benchmark": "prune_cnn", "quick": args.quick, "data": args.data, "data_sha256": data.sha256,
-               "ort_threads": args.threads, "torch_threads": torch.get_num_threads(), "host": platform.processor() or
-               platform.machine(), "torch": torch.__version__, "results": results}
+               "ort_threads": args.threads, "torch_threads": torch.get_num_threads(), "host": isa_summary(),
+               "torch": torch.__version__, "results": results}
     write_json(args.out, payload)
     print(f"\nwrote {args.out}")
     return 0
