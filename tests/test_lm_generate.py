@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.bench.generation import bench_generation
+from edgekd.bench.generation import bench_generation, bench_generation_interleaved
 from edgekd.bench.slo import check_slo
 from edgekd.errors import BadInput
 from edgekd.lm.generate import greedy_decode
@@ -155,6 +155,32 @@ def test_bench_generation_figures(target, prompts):
             bench_generation(target, prompts, **bad)
     with pytest.raises(BadInput, match=r"prompts\[1\]"):
         bench_generation(target, [[5, 6], [target.vocab_size]], new_tokens=4)
+
+
+def test_interleaved_generation_takes_turns_and_times_each_decoder(target, prompts):
+    order = []
+
+    class Recorded:  # the decoder, noting whose turn each prefill is
+        def __init__(self, name):
+            self.name, self.vocab_size = name, target.vocab_size
+
+        def start(self):
+            return target.start()
+
+        def forward(self, ids, state):
+            if state.length == 0:
+                order.append(self.name)
+            return target.forward(ids, state)
+
+    figures = bench_generation_interleaved({"a": Recorded("a"), "b": Recorded("b")}, prompts, new_tokens=4,
+                                           repeats=2, warmup=0)
+    assert order == ["a", "b"] * (2 * len(prompts))  # every prompt by each in turn, A B A B
+    for name in ("a", "b"):
+        report = figures[name].as_dict()
+        assert report["runs"] == 2 * len(prompts) and report["decode_tokens_per_s"] > 0
+        assert report["peak_memory_mb"] is None  # one process holds both: not separable
+    with pytest.raises(BadInput, match="no decoders"):
+        bench_generation_interleaved({}, prompts, new_tokens=4)
 
 
 def test_generation_figures_meet_or_fail_the_slo(target, prompts):

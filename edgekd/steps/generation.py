@@ -381,7 +381,7 @@ def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: Toke
     """Every variant's generation timed on every available target (time to first token, decode tokens/s),
     the SLO verdict of what the target deploys, and speculative decoding there with the deployed student
     drafting for the FP32 teacher."""
-    from edgekd.bench.generation import bench_generation
+    from edgekd.bench.generation import bench_generation_interleaved
     from edgekd.bench.memory import MemoryProbeFailed, measure_peak_memory
     from edgekd.bench.slo import check_slo
     from edgekd.runtimes.sessions import SessionConfig
@@ -404,13 +404,12 @@ def benchmark_targets(ctx: Context, artifacts: dict[str, LMArtifact], data: Toke
         timed_prompts = prompts(data, count=3, length=gen.prompt_tokens)
 
         def measure(target=target, gen=gen, timed_prompts=timed_prompts) -> dict:
-            rows = {}
-            for name, artifact in artifacts.items():
-                path = artifact.for_runtime(target.runtime)
-                if path is None:
-                    continue
-                decoder = open_decoder(path, target.runtime, threads=target.threads)
-                rows[name] = bench_generation(decoder, timed_prompts, new_tokens=gen.new_tokens).as_dict()
+            decoders = {name: open_decoder(path, target.runtime, threads=target.threads)
+                        for name, path in ((name, a.for_runtime(target.runtime)) for name, a in artifacts.items())
+                        if path is not None}
+            rows = {name: figures.as_dict() for name, figures in bench_generation_interleaved(
+                decoders, timed_prompts, new_tokens=gen.new_tokens).items()}
+            del decoders
             deployed = artifacts[DEPLOYABLE].for_runtime(target.runtime)  # the gate let it through, or the run stopped
             teacher = artifacts[TEACHER_FP32].for_runtime(target.runtime)
             spec = None if teacher is None else measure_speculative(
